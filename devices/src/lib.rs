@@ -1,1 +1,21 @@
-//! devices
+//! Buses and the platform's devices. A device never knows the VM: it sees reads and writes at
+//! offsets of its own range, raises interrupts through an `EventFd`, and reports guest
+//! requests (power off, reset) through a callback the VMM gives it.
+
+pub mod acpi_pm;
+pub mod bus;
+pub mod i8042;
+pub mod marker;
+pub mod serial;
+
+pub use bus::{Bus, BusDevice, BusError};
+
+/// What a guest asks of the machine through a platform device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestRequest {
+    Poweroff,
+    Reset,
+}
+
+/// How devices deliver a `GuestRequest` to whoever runs the VM.
+pub type RequestSink = Box<dyn Fn(GuestRequest) + Send>;
