@@ -1,1 +1,276 @@
-//! placeholder
+//! The nested test lab: L0 QEMU (TCG, emulated SVM + VT-d) boots an L1 Debian
+//! kernel with real kvm_amd + vfio, where the VMM under test boots L2.
+//!
+//! ```no_run
+//! use zhitong_tests::{Case, Lab};
+//! let run = Lab::new()?
+//!     .memory("6G")
+//!     .case(Case::new("smp2").cpus(2))
+//!     .case(Case::new("big").cpus(2).memory("4G").bzimage())
+//!     .run()?;
+//! run.case("smp2").assert_booted();
+//! assert_eq!(run.case("smp2").marker("cpus"), Some("2"));
+//! # Ok::<(), zhitong_tests::Error>(())
+//! ```
+//! Prerequisites: `resources/lab/setup.sh` (QEMU, busybox, the guest kernel)
+//! and `cargo build --release -p vmm` (or `ZHITONG_BIN=path`).
+
+mod case;
+mod console;
+mod cpio;
+mod guest;
+mod initramfs;
+mod kernel;
+mod l0;
+mod l1;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use case::{Case, L2Kernel, Vmm, DEFAULT_CMDLINE, L2_INITRD, L2_VMLINUX, L2_VMLINUZ};
+pub use console::CaseResult;
+pub use guest::Guest;
+pub use initramfs::Initramfs;
+pub use kernel::Kernel;
+pub use l0::L0;
+
+#[derive(Debug)]
+pub struct Error(String);
+
+impl Error {
+    pub fn new(msg: impl Into<String>) -> Error {
+        Error(msg.into())
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Error {
+        Error(e.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .to_path_buf()
+}
+
+/// The VMM under test: `$ZHITONG_BIN`, else `<workspace>/target/release/zhitong`.
+pub fn zhitong_bin() -> Result<PathBuf> {
+    let path = match std::env::var_os("ZHITONG_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => workspace_root().join("target/release/zhitong"),
+    };
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::new(format!(
+            "VMM binary {} not found: build it with `cargo build --release -p vmm` \
+             (or point ZHITONG_BIN at it)",
+            path.display()
+        )))
+    }
+}
+
+pub(crate) fn run_tool(cmd: &mut Command) -> Result<()> {
+    let out = cmd
+        .output()
+        .map_err(|e| Error::new(format!("{cmd:?}: {e}")))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(Error::new(format!("{cmd:?} failed: {err}")));
+    }
+    Ok(())
+}
+
+/// A lab run being configured: L0's machine, L1's setup and the cases.
+pub struct Lab {
+    name: String,
+    kernel: Kernel,
+    l0: L0,
+    cases: Vec<Case>,
+    l1_modules: Vec<String>,
+    l1_lines: Vec<String>,
+    bind: Vec<String>,
+}
+
+impl Lab {
+    /// Fails (naming resources/lab/setup.sh) if QEMU or the kernel cache is missing.
+    pub fn new() -> Result<Lab> {
+        let kernel = Kernel::locate()?;
+        if Command::new(l0::QEMU).arg("--version").output().is_err() {
+            return Err(Error::new(format!(
+                "{} not installed: run resources/lab/setup.sh",
+                l0::QEMU
+            )));
+        }
+        Ok(Lab {
+            name: "lab".into(),
+            kernel,
+            l0: L0::default(),
+            cases: Vec::new(),
+            l1_modules: Vec::new(),
+            l1_lines: Vec::new(),
+            bind: Vec::new(),
+        })
+    }
+
+    /// Names the output directory target/lab-out/<name>.
+    pub fn name(mut self, name: &str) -> Lab {
+        self.name = name.into();
+        self
+    }
+
+    /// L0's RAM (default 3G; a 4G L2 needs about 6G).
+    pub fn memory(mut self, size: &str) -> Lab {
+        self.l0.memory = size.into();
+        self
+    }
+
+    /// L0's hard timeout (default 300 s).
+    pub fn timeout(mut self, t: Duration) -> Lab {
+        self.l0.timeout = t;
+        self
+    }
+
+    /// `-device SPEC` on L0, e.g. "virtio-gpu-pci,disable-legacy=on,iommu_platform=on,addr=0x4".
+    pub fn device(self, spec: &str) -> Lab {
+        self.l0_args(["-device", spec])
+    }
+
+    /// Raw extra arguments for L0 (after the IOMMU).
+    pub fn l0_args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Lab {
+        self.l0.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Direct access to L0's settings (cpu model, iommu options, append, ...).
+    pub fn l0(mut self, f: impl FnOnce(&mut L0)) -> Lab {
+        f(&mut self.l0);
+        self
+    }
+
+    /// QEMU monitor on a unix socket, for `screendump`.
+    pub fn monitor(mut self, socket: impl Into<PathBuf>) -> Lab {
+        self.l0.monitor = Some(socket.into());
+        self
+    }
+
+    /// Binds L1's PCI device `bdf` (e.g. "0000:00:04.0") to vfio-pci.
+    pub fn bind(mut self, bdf: &str) -> Lab {
+        self.bind.push(bdf.into());
+        self
+    }
+
+    /// Another module to insmod in L1 (with its dependencies).
+    pub fn l1_module(mut self, name: &str) -> Lab {
+        self.l1_modules.push(name.into());
+        self
+    }
+
+    /// A shell line L1 runs before the cases.
+    pub fn l1_line(mut self, line: &str) -> Lab {
+        self.l1_lines.push(line.into());
+        self
+    }
+
+    pub fn case(mut self, case: Case) -> Lab {
+        assert!(
+            self.cases.iter().all(|c| c.name != case.name),
+            "duplicate case name {}",
+            case.name
+        );
+        self.cases.push(case);
+        self
+    }
+
+    pub fn kernel(&self) -> &Kernel {
+        &self.kernel
+    }
+
+    pub fn run(self) -> Result<LabRun> {
+        self.run_with(|_| {})
+    }
+
+    /// Runs, showing each console line to `on_line` as it arrives.
+    pub fn run_with(self, mut on_line: impl FnMut(&str)) -> Result<LabRun> {
+        let needs_zhitong = self.cases.iter().any(|c| c.vmm() == Some(Vmm::Zhitong));
+        let zhitong = if needs_zhitong {
+            Some(zhitong_bin()?)
+        } else {
+            None
+        };
+        let dir = workspace_root().join("target/lab-out").join(&self.name);
+        std::fs::create_dir_all(&dir)?;
+        let l1_img = dir.join("l1.cpio");
+        let spec = l1::L1Spec {
+            kernel: &self.kernel,
+            cases: &self.cases,
+            modules: &self.l1_modules,
+            bind: &self.bind,
+            lines: &self.l1_lines,
+            zhitong,
+        };
+        l1::build(&spec, &dir, &l1_img)?;
+
+        let out = self.l0.run(&self.kernel.vmlinuz, &l1_img, &mut on_line)?;
+        let mut console = out.console;
+        if out.timed_out {
+            console.push_str(&format!("[lab: L0 killed after {:?}]\n", self.l0.timeout));
+        }
+        if !out.stderr.trim().is_empty() {
+            console.push_str(&format!("[lab: L0 stderr]\n{}\n", out.stderr.trim_end()));
+        }
+        std::fs::write(dir.join("console.log"), &console)?;
+        let console = Arc::new(console);
+        let names: Vec<String> = self.cases.iter().map(|c| c.name.clone()).collect();
+        Ok(LabRun {
+            cases: console::parse_cases(&console, &names),
+            console,
+            timed_out: out.timed_out,
+            elapsed: out.elapsed,
+            out_dir: dir,
+        })
+    }
+}
+
+/// The outcome of one L0 boot.
+pub struct LabRun {
+    /// The whole L0 serial console (plus notes on timeout and QEMU's stderr)
+    pub console: Arc<String>,
+    pub cases: Vec<CaseResult>,
+    pub timed_out: bool,
+    /// Wall time of the L0 run
+    pub elapsed: Duration,
+    /// Images and console.log
+    pub out_dir: PathBuf,
+}
+
+impl LabRun {
+    /// The named case's result (panics, with the console, on an unknown name).
+    pub fn case(&self, name: &str) -> &CaseResult {
+        self.cases
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no case {name} in this run\n{}", self.console))
+    }
+
+    /// Whether L1 printed "L1: kvm ready".
+    pub fn kvm_ready(&self) -> bool {
+        self.console.contains("L1: kvm ready")
+    }
+}

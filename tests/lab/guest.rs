@@ -1,0 +1,61 @@
+//! The L2 guest: the busybox /init that the VMM under test boots.
+//!
+//! Every guest prints, on its console:
+//! ```text
+//! L2: init
+//! L2: cpus=<processors in /proc/cpuinfo>
+//! L2: memtotal_kb=<MemTotal>
+//! L2: uname=<uname -r>
+//!     ... insmod of the extra modules, the extra lines ...
+//! L2: done
+//! ```
+//! and writes one byte to port 0x4f0 (the VMM's guest marker) right after
+//! "L2: init"; then it powers off.
+
+use std::path::Path;
+
+use crate::initramfs::Initramfs;
+use crate::kernel::Kernel;
+use crate::Result;
+
+/// An L2 guest definition; extend it with modules and script lines:
+/// `Guest::new().module("virtio_gpu").line("ls /dev/dri && echo 'L2: drm ok'")`.
+#[derive(Clone, Debug, Default)]
+pub struct Guest {
+    modules: Vec<String>,
+    lines: Vec<String>,
+}
+
+impl Guest {
+    pub fn new() -> Guest {
+        Guest::default()
+    }
+
+    /// Loads `name` (and what it depends on, per modules.dep) before the extra lines.
+    pub fn module(mut self, name: &str) -> Guest {
+        self.modules.push(name.to_string());
+        self
+    }
+
+    /// A shell line run after the modules are loaded; print `L2: key=value` markers.
+    pub fn line(mut self, line: &str) -> Guest {
+        self.lines.push(line.to_string());
+        self
+    }
+
+    /// Writes the initramfs (gzip'ed if `out` ends in .gz).
+    pub fn build(&self, kernel: &Kernel, out: &Path) -> Result<()> {
+        let mut img = Initramfs::new()?;
+        img.line("echo 'L2: init'")
+            .line("printf '\\001' | dd of=/dev/port bs=1 seek=$((0x4f0)) count=1 2>/dev/null")
+            .line("echo \"L2: cpus=$(grep -c ^processor /proc/cpuinfo)\"")
+            .line("echo \"L2: memtotal_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)\"")
+            .line("echo \"L2: uname=$(uname -r)\"");
+        img.modules(kernel, &self.modules, "L2")?;
+        for l in &self.lines {
+            img.line(l.as_str());
+        }
+        img.line("echo 'L2: done'").line("poweroff -f");
+        img.write(out)
+    }
+}

@@ -1,0 +1,152 @@
+//! L0: qemu-system-x86_64 under TCG, emulating AMD SVM and an Intel IOMMU,
+//! booting L1. Its serial console (stdout) is captured line by line, with a
+//! hard timeout.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::{Error, Result};
+
+pub const QEMU: &str = "qemu-system-x86_64";
+
+#[derive(Clone, Debug)]
+pub struct L0 {
+    pub memory: String,
+    pub smp: u32,
+    pub cpu: String,
+    /// Options of `-device intel-iommu` (e.g. add ",intremap=off" for INTx cases).
+    pub iommu: String,
+    /// Extra arguments after the IOMMU, e.g. `-device virtio-gpu-pci,...,addr=0x4`.
+    pub args: Vec<String>,
+    /// `-monitor unix:PATH,server,nowait` (for screendumps) when set.
+    pub monitor: Option<PathBuf>,
+    pub append: String,
+    pub timeout: Duration,
+}
+
+impl Default for L0 {
+    fn default() -> L0 {
+        L0 {
+            memory: "3G".into(),
+            smp: 2,
+            cpu: "EPYC".into(),
+            iommu: "caching-mode=on,aw-bits=48".into(),
+            args: Vec::new(),
+            monitor: None,
+            append: "console=ttyS0 intel_iommu=on iommu=pt quiet panic=-1".into(),
+            timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What L0 printed.
+pub struct L0Output {
+    pub console: String,
+    /// QEMU's own stderr (warnings, errors)
+    pub stderr: String,
+    pub timed_out: bool,
+    pub exit: Option<i32>,
+    pub elapsed: Duration,
+}
+
+impl L0 {
+    pub fn command(&self, kernel: &Path, initrd: &Path) -> Command {
+        let mut cmd = Command::new(QEMU);
+        cmd.args(["-machine", "q35", "-accel", "tcg,thread=multi"])
+            .args([
+                "-cpu",
+                &self.cpu,
+                "-smp",
+                &self.smp.to_string(),
+                "-m",
+                &self.memory,
+            ])
+            .args(["-nographic", "-no-reboot", "-nic", "none", "-vga", "none"])
+            // The IOMMU must be created before the devices it translates for.
+            .args(["-device", &format!("intel-iommu,{}", self.iommu)])
+            .args(["-global", "q35-pcihost.pci-hole64-size=64G"])
+            .args(&self.args);
+        if let Some(sock) = &self.monitor {
+            cmd.arg("-monitor")
+                .arg(format!("unix:{},server,nowait", sock.display()));
+        }
+        cmd.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd);
+        cmd.args(["-append", &self.append]);
+        cmd
+    }
+
+    /// Boots L1 and returns the whole console once QEMU exits or the timeout
+    /// kills it; `on_line` sees each console line as it arrives.
+    pub fn run(
+        &self,
+        kernel: &Path,
+        initrd: &Path,
+        on_line: &mut dyn FnMut(&str),
+    ) -> Result<L0Output> {
+        let start = Instant::now();
+        let mut child = self
+            .command(kernel, initrd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                Error::new(format!(
+                    "cannot start {QEMU}: {e}: run resources/lab/setup.sh"
+                ))
+            })?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel::<String>();
+        let reader = thread::spawn(move || {
+            let mut r = BufReader::new(stdout);
+            let mut buf = Vec::new();
+            while matches!(r.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
+                let line = String::from_utf8_lossy(&buf).replace('\r', "");
+                if tx.send(line.trim_end_matches('\n').to_string()).is_err() {
+                    break;
+                }
+                buf.clear();
+            }
+        });
+        let err_reader = thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+
+        let deadline = start + self.timeout;
+        let mut console = String::new();
+        let mut timed_out = false;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    on_line(&line);
+                    console.push_str(&line);
+                    console.push('\n');
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    timed_out = true;
+                    let _ = child.kill();
+                    break;
+                }
+            }
+        }
+        let status = child.wait()?;
+        let _ = reader.join();
+        let stderr = err_reader.join().unwrap_or_default();
+        Ok(L0Output {
+            console,
+            stderr,
+            timed_out,
+            exit: status.code(),
+            elapsed: start.elapsed(),
+        })
+    }
+}

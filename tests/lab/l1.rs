@@ -1,0 +1,123 @@
+//! The L1 initramfs: kvm_amd + vfio modules, optional vfio-pci bindings, the
+//! VMM(s) under test, the L2 kernel and initramfs, and /cases.sh.
+
+use std::path::{Path, PathBuf};
+
+use crate::case::{self, Case, Vmm};
+use crate::initramfs::Initramfs;
+use crate::kernel::Kernel;
+use crate::{Error, Result};
+
+/// Loaded in L1 before the cases (missing built-ins are fine).
+pub const L1_MODULES: &[&str] = &["kvm", "kvm_amd", "vfio", "vfio_iommu_type1", "vfio_pci"];
+
+/// QEMU's firmware, needed when QEMU is the L1 VMM.
+const QEMU_FIRMWARE: &[&str] = &[
+    "bios-256k.bin",
+    "linuxboot_dma.bin",
+    "linuxboot.bin",
+    "kvmvapic.bin",
+    "pvh.bin",
+    "multiboot_dma.bin",
+    "vgabios-stdvga.bin",
+];
+
+pub struct L1Spec<'a> {
+    pub kernel: &'a Kernel,
+    pub cases: &'a [Case],
+    pub modules: &'a [String],
+    pub bind: &'a [String],
+    pub lines: &'a [String],
+    /// The zhitong binary, if any case runs it
+    pub zhitong: Option<PathBuf>,
+}
+
+/// Builds the L2 images into `dir`, then L1's initramfs at `out`.
+pub fn build(spec: &L1Spec, dir: &Path, out: &Path) -> Result<()> {
+    let mut img = Initramfs::new()?;
+    let default_l2 = dir.join("l2-initrd.img.gz");
+    crate::guest::Guest::new().build(spec.kernel, &default_l2)?;
+    img.file(case::L2_INITRD, &default_l2)
+        .file(case::L2_VMLINUZ, &spec.kernel.vmlinuz)
+        .file(case::L2_VMLINUX, &spec.kernel.vmlinux);
+    for c in spec.cases {
+        if let Some(guest) = &c.guest {
+            let path = dir.join(format!("l2-{}.img.gz", c.name));
+            guest.build(spec.kernel, &path)?;
+            img.file(&c.initrd_path(), &path);
+        }
+    }
+    if let Some(bin) = &spec.zhitong {
+        img.binary(case::ZHITONG, bin)?;
+    }
+    if spec.cases.iter().any(|c| c.vmm() == Some(Vmm::Qemu)) {
+        add_qemu(&mut img)?;
+    }
+
+    img.line("echo 'L1: init'");
+    let mut modules: Vec<String> = L1_MODULES.iter().map(|s| s.to_string()).collect();
+    modules.extend(spec.modules.iter().cloned());
+    img.modules(spec.kernel, &modules, "L1")?;
+    img.line("if [ -e /dev/kvm ]; then echo 'L1: kvm ready'; else echo 'L1: kvm missing'; fi");
+    for bdf in spec.bind {
+        img.line(bind_line(bdf));
+    }
+    for l in spec.lines {
+        img.line(l.as_str());
+    }
+    img.data("/cases.sh", cases_script(spec.cases), 0o755);
+    img.line("sh /cases.sh");
+    img.line("echo 'L1: cases done'").line("poweroff -f");
+    img.write(out)
+}
+
+fn add_qemu(img: &mut Initramfs) -> Result<()> {
+    let qemu = which(crate::l0::QEMU)?;
+    img.binary(case::QEMU, qemu)?;
+    for f in QEMU_FIRMWARE {
+        let src = ["/usr/share/qemu", "/usr/share/seabios"]
+            .iter()
+            .map(|d| Path::new(d).join(f))
+            .find(|p| p.exists());
+        if let Some(src) = src {
+            img.file(&format!("{}/{f}", case::QEMU_FIRMWARE), src);
+        }
+    }
+    Ok(())
+}
+
+/// Hands PCI device `bdf` (e.g. 0000:00:04.0) to vfio-pci.
+fn bind_line(bdf: &str) -> String {
+    let dev = format!("/sys/bus/pci/devices/{bdf}");
+    format!(
+        "echo vfio-pci > {dev}/driver_override; \
+         [ -e {dev}/driver ] && echo {bdf} > {dev}/driver/unbind; \
+         echo {bdf} > /sys/bus/pci/drivers_probe; \
+         echo \"L1: bind {bdf} driver=$(basename $(readlink {dev}/driver)) \
+         group=$(basename $(readlink {dev}/iommu_group))\""
+    )
+}
+
+fn cases_script(cases: &[Case]) -> String {
+    let mut s = String::from("#!/bin/sh\n");
+    for c in cases {
+        let cmd = c.command().replace('\'', "'\\''");
+        s.push_str(&format!(
+            "echo 'L1: case {name} begin'\n\
+             timeout -s KILL {t} sh -c '{cmd}' </dev/null\n\
+             echo \"L1: case {name} rc=$?\"\n",
+            name = c.name,
+            t = c.timeout.as_secs().max(1),
+        ));
+    }
+    s
+}
+
+fn which(prog: &str) -> Result<PathBuf> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
+        .ok_or_else(|| Error::new(format!("{prog} not found: run resources/lab/setup.sh")))
+}
