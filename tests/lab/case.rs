@@ -12,6 +12,8 @@ pub const QEMU_FIRMWARE: &str = "/qemu";
 pub const L2_VMLINUX: &str = "/l2/vmlinux";
 pub const L2_VMLINUZ: &str = "/l2/vmlinuz";
 pub const L2_INITRD: &str = "/l2/initrd.img";
+/// A small file of text, for bad-kernel cases.
+pub const L2_NOT_A_KERNEL: &str = "/l2/not-a-kernel";
 
 /// The kernel cmdline cases use unless told otherwise.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 quiet panic=-1";

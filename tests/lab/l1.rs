@@ -39,7 +39,12 @@ pub fn build(spec: &L1Spec, dir: &Path, out: &Path) -> Result<()> {
     crate::guest::Guest::new().build(spec.kernel, &default_l2)?;
     img.file(case::L2_INITRD, &default_l2)
         .file(case::L2_VMLINUZ, &spec.kernel.vmlinuz)
-        .file(case::L2_VMLINUX, &spec.kernel.vmlinux);
+        .file(case::L2_VMLINUX, &spec.kernel.vmlinux)
+        .data(
+            case::L2_NOT_A_KERNEL,
+            "this is not a kernel\n".repeat(64),
+            0o644,
+        );
     for c in spec.cases {
         if let Some(guest) = &c.guest {
             let path = dir.join(format!("l2-{}.img.gz", c.name));

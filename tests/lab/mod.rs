@@ -30,7 +30,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use case::{Case, L2Kernel, Vmm, DEFAULT_CMDLINE, L2_INITRD, L2_VMLINUX, L2_VMLINUZ};
+pub use case::{
+    Case, L2Kernel, Vmm, DEFAULT_CMDLINE, L2_INITRD, L2_NOT_A_KERNEL, L2_VMLINUX, L2_VMLINUZ,
+};
 pub use console::CaseResult;
 pub use guest::Guest;
 pub use initramfs::Initramfs;
