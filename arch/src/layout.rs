@@ -135,8 +135,10 @@ mod tests {
 
     #[test]
     fn hole_contents_are_ordered_and_inside_the_hole() {
-        assert!(PCI_MMIO32_START + PCI_MMIO32_SIZE <= PCI_ECAM_START);
-        assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= IOAPIC_START);
-        assert!(IOAPIC_START < APIC_START && APIC_START < FOUR_GIB);
+        const {
+            assert!(PCI_MMIO32_START + PCI_MMIO32_SIZE <= PCI_ECAM_START);
+            assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= IOAPIC_START);
+            assert!(IOAPIC_START < APIC_START && APIC_START < FOUR_GIB);
+        }
     }
 }

@@ -8,6 +8,8 @@ use crate::BootError;
 /// Parameters every zhitong guest needs, whatever the user passes:
 /// - `i8042.noaux`: the i8042 is emulated for its reset line only, there is no mouse.
 pub const PLATFORM_PARAMS: &str = "i8042.noaux";
+/// The guest's console is COM1 (the VMM's stdout), unless the user picks another console.
+pub const DEFAULT_CONSOLE: &str = "console=ttyS0";
 
 /// Build the command line: the user's parameters (including any `-- init args`) with the
 /// platform's parameters added to the kernel part.
@@ -27,6 +29,13 @@ pub fn build_cmdline(user: &str) -> Result<Cmdline, BootError> {
     } else {
         Cmdline::try_from(user.trim(), CMDLINE_MAX_SIZE).map_err(too_long)?
     };
+    let kernel_part = user.split(" -- ").next().unwrap_or_default();
+    if !kernel_part
+        .split_whitespace()
+        .any(|p| p.starts_with("console="))
+    {
+        cmdline.insert_str(DEFAULT_CONSOLE).map_err(too_long)?;
+    }
     cmdline.insert_str(PLATFORM_PARAMS).map_err(too_long)?;
     Ok(cmdline)
 }
@@ -55,8 +64,21 @@ mod tests {
     }
 
     #[test]
-    fn empty_user_cmdline_is_fine() {
-        assert_eq!(text(&build_cmdline("").unwrap()), PLATFORM_PARAMS);
+    fn empty_user_cmdline_gets_the_serial_console() {
+        assert_eq!(
+            text(&build_cmdline("").unwrap()),
+            format!("{DEFAULT_CONSOLE} {PLATFORM_PARAMS}")
+        );
+    }
+
+    #[test]
+    fn console_is_added_only_when_the_user_names_none() {
+        let t = text(&build_cmdline("quiet").unwrap());
+        assert_eq!(t, format!("quiet {DEFAULT_CONSOLE} {PLATFORM_PARAMS}"));
+        let t = text(&build_cmdline("console=hvc0 -- console=x").unwrap());
+        assert!(!t.contains(DEFAULT_CONSOLE), "{t}");
+        let t = text(&build_cmdline("quiet -- console=x").unwrap());
+        assert!(t.contains(DEFAULT_CONSOLE), "{t}");
     }
 
     #[test]

@@ -1,1 +1,19 @@
-//! vmm
+//! zhitong's VMM as a library: build a [`VmConfig`], create a [`Vm`] with a [`Console`], and
+//! [`Vm::run`] it until the guest powers off, reboots, crashes, or a [`Stopper`] ends it.
+
+pub mod config;
+mod control;
+pub mod error;
+pub mod exit;
+mod guest_boot;
+mod memory;
+mod platform;
+pub mod timeline;
+mod vcpu;
+mod vm;
+
+pub use config::{KernelConfig, MachineConfig, VmConfig};
+pub use error::{Error, Result};
+pub use exit::VmExit;
+pub use timeline::{Milestone, Timeline};
+pub use vm::{Console, Stopper, Vm};

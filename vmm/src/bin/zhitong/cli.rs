@@ -1,0 +1,215 @@
+//! The command line: flags, and turning clap's errors into one line with the fix.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use vmm::config::{parse_duration, parse_size, parse_vcpus};
+use vmm::{KernelConfig, MachineConfig, VmConfig};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "zhitong",
+    version,
+    about = "A small VMM for VFIO passthrough: boots a Linux guest on KVM",
+    disable_help_subcommand = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot a Linux guest; its serial console is this terminal.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Guest kernel: an x86_64 bzImage (vmlinuz) or ELF vmlinux.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+    /// Initramfs (cpio, optionally compressed) for the guest.
+    #[arg(long, value_name = "PATH")]
+    pub initramfs: Option<PathBuf>,
+    /// Kernel command line; console=ttyS0 and the platform's parameters are added.
+    #[arg(
+        long,
+        value_name = "STR",
+        default_value = "",
+        allow_hyphen_values = true
+    )]
+    pub cmdline: String,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value = "1", value_parser = parse_vcpus_arg)]
+    pub cpus: u8,
+    /// Guest RAM, e.g. 512M or 4G (a plain number means MiB).
+    #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_size_arg)]
+    pub memory: u64,
+    /// Print the boot timeline as one JSON line on stderr at exit.
+    #[arg(long)]
+    pub timings: bool,
+    /// Fail if the guest has not touched its serial port within this time (0 = never).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration_arg)]
+    pub boot_timeout: Duration,
+}
+
+fn parse_size_arg(s: &str) -> Result<u64, String> {
+    parse_size(s).map_err(|e| e.to_string())
+}
+
+fn parse_vcpus_arg(s: &str) -> Result<u8, String> {
+    parse_vcpus(s).map_err(|e| e.to_string())
+}
+
+fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    parse_duration(s).map_err(|e| e.to_string())
+}
+
+impl RunArgs {
+    pub fn to_config(&self) -> VmConfig {
+        VmConfig {
+            kernel: KernelConfig {
+                path: self.kernel.clone(),
+                initramfs: self.initramfs.clone(),
+                cmdline: self.cmdline.clone(),
+            },
+            machine: MachineConfig {
+                vcpus: self.cpus,
+                memory_bytes: self.memory,
+            },
+            boot_timeout: (!self.boot_timeout.is_zero()).then_some(self.boot_timeout),
+        }
+    }
+}
+
+/// What parsing the command line led to.
+#[derive(Debug)]
+pub enum Parsed {
+    Run(Cli),
+    /// Help or version text for stdout, exit 0.
+    Info(String),
+    /// One line for stderr, exit 2.
+    Usage(String),
+}
+
+pub fn parse<I, T>(args: I) -> Parsed
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::error::ErrorKind;
+    match Cli::try_parse_from(args) {
+        Ok(cli) => Parsed::Run(cli),
+        Err(e) => match e.kind() {
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                Parsed::Info(e.render().to_string())
+            }
+            ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
+                Parsed::Usage(
+                    "no command given; use 'zhitong run --kernel PATH' (see 'zhitong --help')"
+                        .into(),
+                )
+            }
+            _ => Parsed::Usage(one_line(&e.render().to_string())),
+        },
+    }
+}
+
+/// Clap's message up to its first blank line, on one line, with where to look for usage.
+fn one_line(rendered: &str) -> String {
+    let first: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let text = first.join(" ");
+    let text = text.strip_prefix("error: ").unwrap_or(&text);
+    format!("{text}; see 'zhitong run --help'")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(extra: &[&str]) -> Parsed {
+        let mut args = vec!["zhitong", "run", "--kernel", "/k"];
+        args.extend_from_slice(extra);
+        parse(args)
+    }
+
+    fn usage(p: Parsed) -> String {
+        match p {
+            Parsed::Usage(msg) => msg,
+            other => panic!("expected a usage error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let Parsed::Run(cli) = run_args(&[]) else {
+            panic!()
+        };
+        let Command::Run(args) = cli.command;
+        let cfg = args.to_config();
+        assert_eq!(cfg.machine.vcpus, 1);
+        assert_eq!(cfg.machine.memory_bytes, 512 << 20);
+        assert_eq!(cfg.boot_timeout, Some(Duration::from_secs(60)));
+        assert_eq!(cfg.kernel.cmdline, "");
+        assert!(!args.timings);
+    }
+
+    #[test]
+    fn all_flags() {
+        let p = run_args(&[
+            "--initramfs",
+            "/i",
+            "--cmdline",
+            "console=ttyS0 quiet",
+            "--cpus",
+            "2",
+            "--memory",
+            "4G",
+            "--timings",
+            "--boot-timeout",
+            "0",
+        ]);
+        let Parsed::Run(cli) = p else { panic!("{p:?}") };
+        let Command::Run(args) = cli.command;
+        let cfg = args.to_config();
+        assert_eq!(cfg.kernel.initramfs, Some(PathBuf::from("/i")));
+        assert_eq!(cfg.kernel.cmdline, "console=ttyS0 quiet");
+        assert_eq!((cfg.machine.vcpus, cfg.machine.memory_bytes), (2, 4 << 30));
+        assert!(args.timings);
+        assert_eq!(cfg.boot_timeout, None);
+    }
+
+    #[test]
+    fn errors_are_one_line_with_the_fix() {
+        let cases = [
+            (run_args(&["--cpus", "0"]), "between 1 and 254"),
+            (run_args(&["--cpus", "300"]), "between 1 and 254"),
+            (run_args(&["--memory", "lots"]), "512M or 4G"),
+            (run_args(&["--frobnicate"]), "--frobnicate"),
+            (parse(["zhitong", "run"]), "--kernel"),
+            (parse(["zhitong", "fly"]), "fly"),
+            (parse(["zhitong"]), "zhitong run --kernel PATH"),
+        ];
+        for (parsed, needle) in cases {
+            let msg = usage(parsed);
+            assert!(!msg.contains('\n'), "not one line: {msg}");
+            assert!(msg.contains(needle), "{msg:?} lacks {needle:?}");
+        }
+    }
+
+    #[test]
+    fn help_is_info() {
+        assert!(matches!(parse(["zhitong", "--help"]), Parsed::Info(_)));
+        assert!(matches!(
+            parse(["zhitong", "run", "--help"]),
+            Parsed::Info(_)
+        ));
+        assert!(matches!(parse(["zhitong", "--version"]), Parsed::Info(_)));
+    }
+}

@@ -1,0 +1,103 @@
+//! The `zhitong` command. Exit status: 0 when the guest powers off or reboots, 1 when the
+//! host or the guest fails, 2 for bad usage, 128+N when stopped by signal N.
+
+mod cli;
+mod logger;
+mod signals;
+mod terminal;
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Instant;
+
+use cli::{Command, Parsed, RunArgs};
+use vmm::{Console, Vm, VmExit};
+
+fn main() {
+    let start = Instant::now();
+    logger::init();
+    let code = match cli::parse(std::env::args_os()) {
+        Parsed::Info(text) => {
+            print!("{text}");
+            0
+        }
+        Parsed::Usage(line) => {
+            eprintln!("zhitong: {line}");
+            2
+        }
+        Parsed::Run(parsed) => match parsed.command {
+            Command::Run(args) => run(&args, start),
+        },
+    };
+    std::process::exit(code);
+}
+
+fn run(args: &RunArgs, start: Instant) -> i32 {
+    // Block SIGINT/SIGTERM before any thread exists so that only the signal thread sees them.
+    let signals = match signals::block_stop_signals() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("zhitong: cannot set up signal handling: {e}");
+            return 1;
+        }
+    };
+    let console = Console {
+        output: Box::new(std::io::stdout()),
+        input: stdin_for_console(),
+    };
+    let vm = match Vm::new(args.to_config(), console, start) {
+        Ok(vm) => vm,
+        Err(e) => {
+            eprintln!("zhitong: {e}");
+            return e.exit_code();
+        }
+    };
+    let timeline = vm.timeline();
+    let stopper = vm.stopper();
+    signals::forward_to(signals, move |name| stopper.stop(name));
+
+    let raw_terminal = terminal::RawMode::enter_if_tty();
+    let result = vm.run();
+    drop(raw_terminal);
+
+    let code = match &result {
+        Ok(exit) => report_exit(exit),
+        Err(e) => {
+            eprintln!("zhitong: {e}");
+            e.exit_code()
+        }
+    };
+    if args.timings {
+        eprintln!("{}", timeline.to_json());
+    }
+    let _ = std::io::stdout().flush();
+    code
+}
+
+fn report_exit(exit: &VmExit) -> i32 {
+    match exit {
+        VmExit::Poweroff | VmExit::Reset => 0,
+        VmExit::Stopped { reason } => {
+            eprintln!("zhitong: guest stopped by {reason}");
+            signals::exit_code_for(reason)
+        }
+        VmExit::BootTimeout(limit) => {
+            eprintln!(
+                "zhitong: the guest showed no sign of life within {}s (it never touched its serial port); check that --kernel boots on x86_64, or raise --boot-timeout (0 disables the check)",
+                limit.as_secs()
+            );
+            1
+        }
+        VmExit::Crashed { vcpu, reason } => {
+            eprintln!("zhitong: guest crashed on vCPU {vcpu}: {reason}");
+            1
+        }
+    }
+}
+
+/// A duplicate of stdin for the console (so the VM never closes fd 0).
+fn stdin_for_console() -> Option<File> {
+    let fd: OwnedFd = std::io::stdin().as_fd().try_clone_to_owned().ok()?;
+    Some(File::from(fd))
+}

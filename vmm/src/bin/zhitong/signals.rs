@@ -1,0 +1,66 @@
+//! SIGINT/SIGTERM: blocked in every thread and received by one thread with sigwait, which
+//! asks the VM to stop; the VMM then tears down normally.
+
+use std::io;
+
+const STOP_SIGNALS: [(libc::c_int, &str); 2] =
+    [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM")];
+
+pub struct BlockedSignals(libc::sigset_t);
+
+/// Block the stop signals in the calling thread (and every thread it creates afterwards).
+pub fn block_stop_signals() -> io::Result<BlockedSignals> {
+    // SAFETY: sigset_t is plain data initialised by sigemptyset before use.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for (sig, _) in STOP_SIGNALS {
+            libc::sigaddset(&mut set, sig);
+        }
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        Ok(BlockedSignals(set))
+    }
+}
+
+/// Wait for a stop signal on a thread of its own and call `stop` with its name.
+pub fn forward_to(signals: BlockedSignals, stop: impl Fn(&str) + Send + 'static) {
+    let set = signals.0;
+    let spawned = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: `set` is a valid signal set and `sig` a valid out pointer.
+            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+                if let Some((_, name)) = STOP_SIGNALS.iter().find(|(s, _)| *s == sig) {
+                    stop(name);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("no signal thread ({e}); SIGINT/SIGTERM will not stop the guest");
+    }
+}
+
+/// 128 + the signal number, as shells report a process ended by that signal.
+pub fn exit_code_for(reason: &str) -> i32 {
+    STOP_SIGNALS
+        .iter()
+        .find(|(_, name)| *name == reason)
+        .map(|(sig, _)| 128 + sig)
+        .unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_shell_convention() {
+        assert_eq!(exit_code_for("SIGINT"), 130);
+        assert_eq!(exit_code_for("SIGTERM"), 143);
+        assert_eq!(exit_code_for("api"), 1);
+    }
+}

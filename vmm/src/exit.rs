@@ -1,0 +1,86 @@
+//! How a VM ends, and the channel through which vCPUs, devices and the caller say so.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use vmm_sys_util::eventfd::EventFd;
+
+/// Why the VM stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest powered off (ACPI S5).
+    Poweroff,
+    /// The guest rebooted (ACPI reset register, i8042, or a KVM reset event). zhitong does
+    /// not restart guests: a reboot ends the run like a poweroff.
+    Reset,
+    /// The caller asked the VM to stop (e.g. SIGINT/SIGTERM in the CLI).
+    Stopped { reason: String },
+    /// The guest showed no sign of life in time.
+    BootTimeout(Duration),
+    /// A vCPU hit a condition the VM cannot continue from (triple fault, KVM error).
+    Crashed { vcpu: u8, reason: String },
+}
+
+impl VmExit {
+    /// Whether this is a normal end of the guest's life.
+    pub fn is_clean(&self) -> bool {
+        matches!(self, VmExit::Poweroff | VmExit::Reset)
+    }
+}
+
+/// First writer wins: the reason is kept and the event fd is signalled.
+pub struct ExitChannel {
+    reason: Mutex<Option<VmExit>>,
+    evt: EventFd,
+}
+
+impl ExitChannel {
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            reason: Mutex::new(None),
+            evt: EventFd::new(libc::EFD_NONBLOCK)?,
+        })
+    }
+
+    pub fn request(&self, exit: VmExit) {
+        let mut reason = self.reason.lock().unwrap();
+        if reason.is_none() {
+            log::debug!("VM exit requested: {exit:?}");
+            *reason = Some(exit);
+            let _ = self.evt.write(1);
+        }
+    }
+
+    pub fn reason(&self) -> Option<VmExit> {
+        self.reason.lock().unwrap().clone()
+    }
+
+    pub fn event_fd(&self) -> &EventFd {
+        &self.evt
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_reason_wins() {
+        let ch = ExitChannel::new().unwrap();
+        assert_eq!(ch.reason(), None);
+        ch.request(VmExit::Poweroff);
+        ch.request(VmExit::Crashed {
+            vcpu: 0,
+            reason: "late".into(),
+        });
+        assert_eq!(ch.reason(), Some(VmExit::Poweroff));
+        assert_eq!(ch.event_fd().read().unwrap(), 1);
+    }
+
+    #[test]
+    fn clean_exits() {
+        assert!(VmExit::Poweroff.is_clean());
+        assert!(VmExit::Reset.is_clean());
+        assert!(!VmExit::BootTimeout(Duration::from_secs(1)).is_clean());
+    }
+}

@@ -1,0 +1,61 @@
+//! Putting the guest's boot data into its RAM: kernel, initramfs, command line, ACPI tables
+//! and the zero page.
+
+use arch::layout::{ram_regions, FOUR_GIB};
+use boot::{BootParamsInput, DEFAULT_INITRD_ADDR_MAX};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::config::VmConfig;
+use crate::error::{Error, Result};
+
+/// Load everything; returns the kernel's 64-bit entry point.
+pub fn load(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<u64> {
+    let kernel = boot::load_kernel(mem, &config.kernel.path)?;
+
+    let initramfs = match &config.kernel.initramfs {
+        Some(path) => {
+            let addr_max = kernel
+                .setup_header
+                .map(|h| u64::from(h.initrd_addr_max))
+                .filter(|&max| max != 0)
+                .unwrap_or(DEFAULT_INITRD_ADDR_MAX);
+            let low_ram_end = ram_regions(config.machine.memory_bytes)[0].1.min(FOUR_GIB);
+            let limit = low_ram_end.min(addr_max + 1);
+            Some(boot::load_initramfs(mem, path, kernel.end, limit)?)
+        }
+        None => None,
+    };
+
+    let cmdline = boot::build_cmdline(&config.kernel.cmdline)?;
+    let rsdp_addr = write_acpi(mem, config)?;
+    let e820 = arch::e820::memory_map(config.machine.memory_bytes);
+    boot::write_boot_params(
+        mem,
+        &BootParamsInput {
+            kernel: &kernel,
+            cmdline: &cmdline,
+            initramfs,
+            e820: &e820,
+            rsdp_addr,
+        },
+    )?;
+    log::debug!(
+        "kernel {:?} entry {:#x}, initramfs {initramfs:?}",
+        kernel.format,
+        kernel.entry.0
+    );
+    Ok(kernel.entry.0)
+}
+
+fn write_acpi(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<u64> {
+    let tables = arch::acpi::build(&arch::acpi::AcpiConfig {
+        vcpus: config.machine.vcpus,
+        pci: None,
+    })
+    .map_err(|e| Error::Acpi(e.to_string()))?;
+    for (addr, bytes) in &tables.blobs {
+        mem.write_slice(bytes, GuestAddress(*addr))
+            .map_err(|e| Error::Acpi(e.to_string()))?;
+    }
+    Ok(tables.rsdp_addr)
+}

@@ -1,0 +1,169 @@
+//! vCPUs: creation, boot state, and one thread each running KVM_RUN and dispatching exits
+//! to the buses.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use devices::Bus;
+use kvm_bindings::{CpuId, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::error::{Error, Result};
+use crate::exit::{ExitChannel, VmExit};
+use crate::timeline::{Milestone, Timeline};
+
+/// What every vCPU thread shares.
+#[derive(Clone)]
+pub struct VcpuShared {
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    pub exit: Arc<ExitChannel>,
+    pub timeline: Arc<Timeline>,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Create vCPU `id` of `count` and give it its CPUID, MSRs and LAPIC set-up; the boot vCPU
+/// (id 0) also gets long mode and registers pointing at `entry`.
+pub fn create_vcpu(
+    vm: &VmFd,
+    base_cpuid: &CpuId,
+    id: u8,
+    count: u8,
+    mem: &GuestMemoryMmap,
+    entry: u64,
+) -> Result<VcpuFd> {
+    let vcpu = vm
+        .create_vcpu(u64::from(id))
+        .map_err(Error::kvm("KVM_CREATE_VCPU"))?;
+    let mut cpuid = base_cpuid.clone();
+    arch::cpuid::configure(&mut cpuid, id, count);
+    vcpu.set_cpuid2(&cpuid)
+        .map_err(Error::kvm("KVM_SET_CPUID2"))?;
+    let msrs = arch::msrs::boot_msrs();
+    let written = vcpu.set_msrs(&msrs).map_err(Error::kvm("KVM_SET_MSRS"))?;
+    if written != msrs.as_slice().len() {
+        log::warn!(
+            "KVM accepted {written} of {} boot MSRs",
+            msrs.as_slice().len()
+        );
+    }
+    let mut lapic = vcpu.get_lapic().map_err(Error::kvm("KVM_GET_LAPIC"))?;
+    arch::lapic::set_lint(&mut lapic);
+    vcpu.set_lapic(&lapic)
+        .map_err(Error::kvm("KVM_SET_LAPIC"))?;
+    if id == 0 {
+        let mut sregs = vcpu.get_sregs().map_err(Error::kvm("KVM_GET_SREGS"))?;
+        arch::regs::setup_sregs(mem, &mut sregs)
+            .map_err(|e| Error::Boot(boot::BootError::GuestMemory(e.to_string())))?;
+        vcpu.set_sregs(&sregs)
+            .map_err(Error::kvm("KVM_SET_SREGS"))?;
+        vcpu.set_regs(&arch::regs::boot_regs(entry))
+            .map_err(Error::kvm("KVM_SET_REGS"))?;
+        vcpu.set_fpu(&arch::regs::boot_fpu())
+            .map_err(Error::kvm("KVM_SET_FPU"))?;
+    }
+    Ok(vcpu)
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// The signal used to knock a vCPU thread out of KVM_RUN.
+fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+fn install_kick_handler() -> Result<()> {
+    static ONCE: Once = Once::new();
+    let mut result = Ok(());
+    ONCE.call_once(|| {
+        result = register_signal_handler(kick_signal(), kick_handler).map_err(|e| Error::Io {
+            what: "the vCPU kick signal",
+            source: std::io::Error::from_raw_os_error(e.errno()),
+        });
+    });
+    result
+}
+
+/// Start a thread running vCPU `id`.
+pub fn spawn(mut vcpu: VcpuFd, id: u8, shared: VcpuShared) -> Result<JoinHandle<()>> {
+    install_kick_handler()?;
+    std::thread::Builder::new()
+        .name(format!("vcpu{id}"))
+        .spawn(move || {
+            if let Err(exit) = run_loop(&mut vcpu, id, &shared) {
+                shared.exit.request(exit);
+            }
+        })
+        .map_err(Error::io("a vCPU thread"))
+}
+
+/// Run until the VM stops; returns the exit this vCPU caused, if any.
+fn run_loop(vcpu: &mut VcpuFd, id: u8, s: &VcpuShared) -> std::result::Result<(), VmExit> {
+    let crashed = |reason: String| VmExit::Crashed { vcpu: id, reason };
+    loop {
+        if s.stop.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if id == 0 {
+            s.timeline.mark(Milestone::FirstVcpuEntry);
+        }
+        match vcpu.run() {
+            Ok(VcpuExit::IoIn(port, data)) => {
+                s.pio.read(u64::from(port), data);
+            }
+            Ok(VcpuExit::IoOut(port, data)) => {
+                s.pio.write(u64::from(port), data);
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                s.mmio.read(addr, data);
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                s.mmio.write(addr, data);
+            }
+            Ok(VcpuExit::Hlt) => std::thread::sleep(Duration::from_millis(1)),
+            Ok(VcpuExit::Intr) => {}
+            Ok(VcpuExit::Shutdown) => {
+                return Err(crashed(
+                    "the guest triple-faulted (KVM_EXIT_SHUTDOWN); check that the kernel is built for x86_64 and its command line".into(),
+                ))
+            }
+            Ok(VcpuExit::SystemEvent(kind, _)) => {
+                return Err(match kind {
+                    KVM_SYSTEM_EVENT_SHUTDOWN => VmExit::Poweroff,
+                    KVM_SYSTEM_EVENT_RESET => VmExit::Reset,
+                    other => crashed(format!("unexpected KVM system event {other}")),
+                })
+            }
+            Ok(VcpuExit::InternalError) => {
+                return Err(crashed(
+                    "KVM internal error (the guest ran an instruction KVM cannot emulate)".into(),
+                ))
+            }
+            Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                return Err(crashed(format!(
+                    "KVM could not enter the guest (hardware reason {reason:#x} on host CPU {cpu})"
+                )))
+            }
+            Ok(other) => return Err(crashed(format!("unexpected vCPU exit {other:?}"))),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+            Err(e) => return Err(crashed(format!("KVM_RUN failed: {e}"))),
+        }
+    }
+}
+
+/// Stop every vCPU thread and wait for them: set the stop flag, then signal each thread
+/// until it has left KVM_RUN (a signal that lands just before KVM_RUN is lost, so repeat).
+pub fn stop_all(stop: &AtomicBool, threads: Vec<JoinHandle<()>>) {
+    stop.store(true, Ordering::Release);
+    for thread in threads {
+        while !thread.is_finished() {
+            let _ = thread.kill(kick_signal());
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        let _ = thread.join();
+    }
+}

@@ -1,0 +1,197 @@
+//! A VM's life: check the configuration, create the KVM VM, its memory, devices and vCPUs,
+//! run until the guest or the caller ends it, and tear everything down.
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use devices::Bus;
+use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+
+use crate::config::{host_ram_bytes, VmConfig};
+use crate::control::{run_until_exit, ControlInputs};
+use crate::error::{Error, Result};
+use crate::exit::{ExitChannel, VmExit};
+use crate::timeline::{Milestone, Timeline};
+use crate::vcpu::{self, VcpuShared};
+use crate::{guest_boot, memory, platform};
+
+/// KVM needs three pages for the TSS on Intel; they sit in the MMIO hole, above the LAPIC.
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// Where the guest's serial console goes and comes from.
+pub struct Console {
+    pub output: Box<dyn Write + Send>,
+    /// Polled for input; `None` means the guest gets no console input.
+    pub input: Option<File>,
+}
+
+/// Lets another thread end a running VM.
+#[derive(Clone)]
+pub struct Stopper(Arc<ExitChannel>);
+
+impl Stopper {
+    pub fn stop(&self, reason: impl Into<String>) {
+        self.0.request(VmExit::Stopped {
+            reason: reason.into(),
+        });
+    }
+}
+
+/// A configured VM, checked but not yet started.
+pub struct Vm {
+    config: VmConfig,
+    console: Console,
+    exit: Arc<ExitChannel>,
+    timeline: Arc<Timeline>,
+}
+
+impl Vm {
+    /// Check everything that can be checked without KVM: sizes, counts, the kernel and
+    /// initramfs files, the command line. `start` is what the boot timeline counts from.
+    pub fn new(config: VmConfig, console: Console, start: Instant) -> Result<Self> {
+        config.machine.validate(host_ram_bytes())?;
+        boot::check_kernel_file(&config.kernel.path)?;
+        if let Some(path) = &config.kernel.initramfs {
+            let unreadable = |source| boot::BootError::InitramfsUnreadable {
+                path: path.clone(),
+                source,
+            };
+            let meta = File::open(path)
+                .and_then(|f| f.metadata())
+                .map_err(unreadable)?;
+            if !meta.is_file() {
+                return Err(unreadable(std::io::Error::other("not a regular file")).into());
+            }
+        }
+        boot::build_cmdline(&config.kernel.cmdline)?;
+        Ok(Self {
+            config,
+            console,
+            exit: Arc::new(ExitChannel::new().map_err(Error::io("the exit event"))?),
+            timeline: Arc::new(Timeline::new(start)),
+        })
+    }
+
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.exit.clone())
+    }
+
+    pub fn timeline(&self) -> Arc<Timeline> {
+        self.timeline.clone()
+    }
+
+    /// Boot the guest and run it to the end. Everything the VM holds is released before this
+    /// returns, whatever the outcome.
+    pub fn run(self) -> Result<VmExit> {
+        let Vm {
+            config,
+            console,
+            exit,
+            timeline,
+        } = self;
+        let result = run_vm(&config, console, &exit, &timeline);
+        timeline.mark(Milestone::Exit);
+        result
+    }
+}
+
+fn run_vm(
+    config: &VmConfig,
+    console: Console,
+    exit: &Arc<ExitChannel>,
+    timeline: &Arc<Timeline>,
+) -> Result<VmExit> {
+    let machine = config.machine;
+    let kvm = open_kvm(machine.vcpus)?;
+    let vm = create_vm(&kvm)?;
+    timeline.mark(Milestone::VmCreated);
+
+    let mem = memory::create_guest_memory(machine.memory_bytes)?;
+    memory::register_with_kvm(&vm, &mem)?;
+    timeline.mark(Milestone::MemoryReady);
+
+    let entry = guest_boot::load(&mem, config)?;
+    timeline.mark(Milestone::KernelLoaded);
+
+    let pio = Arc::new(Bus::new());
+    let mmio = Arc::new(Bus::new());
+    let platform = platform::attach(&vm, &pio, exit, timeline, console.output)?;
+    let control_inputs = ControlInputs {
+        console_in: console.input,
+        serial: platform.serial.clone(),
+        input_drained: platform
+            .serial_signals
+            .input_drained
+            .try_clone()
+            .map_err(Error::io("the COM1 input"))?,
+        boot_timeout: config.boot_timeout,
+        guest_alive: platform.guest_alive.clone(),
+    };
+
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+    let vcpus = (0..machine.vcpus)
+        .map(|id| vcpu::create_vcpu(&vm, &cpuid, id, machine.vcpus, &mem, entry))
+        .collect::<Result<Vec<_>>>()?;
+
+    let shared = VcpuShared {
+        pio,
+        mmio,
+        exit: exit.clone(),
+        timeline: timeline.clone(),
+        stop: Arc::new(AtomicBool::new(false)),
+    };
+    let mut threads = Vec::with_capacity(vcpus.len());
+    let mut outcome = Ok(());
+    for (id, fd) in (0u8..).zip(vcpus) {
+        match vcpu::spawn(fd, id, shared.clone()) {
+            Ok(thread) => threads.push(thread),
+            Err(e) => {
+                outcome = Err(e);
+                break;
+            }
+        }
+    }
+    let outcome = outcome.and_then(|()| run_until_exit(exit, control_inputs));
+    vcpu::stop_all(&shared.stop, threads);
+    outcome
+}
+
+/// Open /dev/kvm and check it can run this VM.
+fn open_kvm(vcpus: u8) -> Result<Kvm> {
+    let kvm = Kvm::new().map_err(Error::KvmOpen)?;
+    for (cap, name) in [
+        (Cap::Irqchip, "an in-kernel irqchip (KVM_CAP_IRQCHIP)"),
+        (Cap::UserMemory, "user memory regions (KVM_CAP_USER_MEMORY)"),
+        (Cap::Irqfd, "irqfd (KVM_CAP_IRQFD)"),
+        (Cap::Pit2, "the in-kernel PIT (KVM_CAP_PIT2)"),
+    ] {
+        if !kvm.check_extension(cap) {
+            return Err(Error::KvmCapability(name));
+        }
+    }
+    let max = kvm.get_max_vcpus();
+    if usize::from(vcpus) > max {
+        return Err(Error::TooManyVcpus { got: vcpus, max });
+    }
+    Ok(kvm)
+}
+
+fn create_vm(kvm: &Kvm) -> Result<VmFd> {
+    let vm = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
+    vm.set_tss_address(KVM_TSS_ADDRESS)
+        .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
+    vm.create_irq_chip()
+        .map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(Error::kvm("KVM_CREATE_PIT2"))?;
+    Ok(vm)
+}
