@@ -29,6 +29,9 @@ fn lab() -> &'static LabRun {
             .case(Case::qemu_l1("qemu-reference"));
         let run = lab.run().map_err(|e| e.to_string())?;
         eprintln!("lab_boot: L0 run took {:.1} s", run.elapsed.as_secs_f64());
+        for c in &run.cases {
+            eprintln!("lab_boot: case {} rc={:?} in {:?}", c.name, c.rc, c.elapsed);
+        }
         Ok(run)
     });
     match run {

@@ -50,9 +50,13 @@ fn main() -> ExitCode {
         Err(e) => return fail(&e),
     };
     let demo = run.case("demo");
+    let secs = |d: Option<std::time::Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64());
     eprintln!(
-        "lab: L0 ran {:.1} s; VMM exit status {:?}; console in {}",
+        "lab: L0 ran {:.1} s (L1 kvm ready at {:.1} s, case {:.1} s); VMM exit status {:?}; \
+         console in {}",
         run.elapsed.as_secs_f64(),
+        secs(run.l1_ready),
+        secs(demo.elapsed),
         demo.rc,
         run.out_dir.join("console.log").display()
     );

@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// What one case did, as seen on the console.
 #[derive(Clone)]
@@ -19,6 +20,8 @@ pub struct CaseResult {
     pub timings: Option<String>,
     /// The console lines between the case's begin and rc lines
     pub console: String,
+    /// From the begin line to the rc line, as seen from L0
+    pub elapsed: Option<Duration>,
     /// The whole L0 console, for failure messages
     pub full_console: Arc<String>,
 }
@@ -84,12 +87,20 @@ impl fmt::Display for CaseResult {
     }
 }
 
-/// Splits `console` into the results of the named cases.
-pub fn parse_cases(console: &Arc<String>, names: &[String]) -> Vec<CaseResult> {
-    names.iter().map(|n| parse_case(console, n)).collect()
+/// Finds the named cases in `lines` (console lines with their arrival
+/// times); `console` is the whole text, kept for failure messages.
+pub fn parse_cases(
+    console: &Arc<String>,
+    lines: &[(Duration, String)],
+    names: &[String],
+) -> Vec<CaseResult> {
+    names
+        .iter()
+        .map(|n| parse_case(console, lines, n))
+        .collect()
 }
 
-fn parse_case(console: &Arc<String>, name: &str) -> CaseResult {
+fn parse_case(console: &Arc<String>, lines: &[(Duration, String)], name: &str) -> CaseResult {
     let begin = format!("L1: case {name} begin");
     let end = format!("L1: case {name} rc=");
     let mut r = CaseResult {
@@ -99,17 +110,21 @@ fn parse_case(console: &Arc<String>, name: &str) -> CaseResult {
         markers: Vec::new(),
         timings: None,
         console: String::new(),
+        elapsed: None,
         full_console: console.clone(),
     };
-    for line in console.lines() {
+    let mut began_at = Duration::ZERO;
+    for (at_time, line) in lines {
         if !r.began {
             r.began = line.contains(&begin);
+            began_at = *at_time;
             continue;
         }
         if let Some(at) = line.find(&end) {
             let rc = &line[at + end.len()..];
             let digits = rc.split(|c: char| !c.is_ascii_digit()).next().unwrap_or("");
             r.rc = digits.parse().ok();
+            r.elapsed = Some(at_time.saturating_sub(began_at));
             break;
         }
         r.console.push_str(line);
@@ -138,8 +153,18 @@ mod tests {
              L1: case b begin\nzhitong: bad kernel\nL1: case b rc=2\nL1: case c begin\n"
                 .to_string(),
         );
-        let r = parse_cases(&console, &["a".into(), "b".into(), "c".into(), "d".into()]);
+        let lines: Vec<_> = console
+            .lines()
+            .enumerate()
+            .map(|(i, l)| (Duration::from_secs(i as u64), l.to_string()))
+            .collect();
+        let r = parse_cases(
+            &console,
+            &lines,
+            &["a".into(), "b".into(), "c".into(), "d".into()],
+        );
         assert_eq!(r[0].rc, Some(0));
+        assert_eq!(r[0].elapsed, Some(Duration::from_secs(6)));
         assert_eq!(r[0].marker("cpus"), Some("2"));
         assert!(r[0].has_marker("done") && r[0].has_marker("init"));
         assert_eq!(r[0].timing("guest_marker_ms"), Some(300.0));

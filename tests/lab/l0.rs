@@ -46,6 +46,8 @@ impl Default for L0 {
 /// What L0 printed.
 pub struct L0Output {
     pub console: String,
+    /// Each console line with its arrival time since L0 started
+    pub lines: Vec<(Duration, String)>,
     /// QEMU's own stderr (warnings, errors)
     pub stderr: String,
     pub timed_out: bool,
@@ -121,6 +123,7 @@ impl L0 {
 
         let deadline = start + self.timeout;
         let mut console = String::new();
+        let mut lines = Vec::new();
         let mut timed_out = false;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -129,6 +132,7 @@ impl L0 {
                     on_line(&line);
                     console.push_str(&line);
                     console.push('\n');
+                    lines.push((start.elapsed(), line));
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -143,6 +147,7 @@ impl L0 {
         let stderr = err_reader.join().unwrap_or_default();
         Ok(L0Output {
             console,
+            lines,
             stderr,
             timed_out,
             exit: status.code(),

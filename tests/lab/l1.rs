@@ -37,14 +37,17 @@ pub fn build(spec: &L1Spec, dir: &Path, out: &Path) -> Result<()> {
     let mut img = Initramfs::new()?;
     let default_l2 = dir.join("l2-initrd.img.gz");
     crate::guest::Guest::new().build(spec.kernel, &default_l2)?;
+    let not_a_kernel = "this is not a kernel\n".repeat(64);
     img.file(case::L2_INITRD, &default_l2)
-        .file(case::L2_VMLINUZ, &spec.kernel.vmlinuz)
-        .file(case::L2_VMLINUX, &spec.kernel.vmlinux)
-        .data(
-            case::L2_NOT_A_KERNEL,
-            "this is not a kernel\n".repeat(64),
-            0o644,
-        );
+        .data(case::L2_NOT_A_KERNEL, not_a_kernel, 0o644);
+    // Only the kernels some case names: the 66 MB vmlinux costs L1 time to load.
+    let used = |path: &str| spec.cases.iter().any(|c| c.command().contains(path));
+    if used(case::L2_VMLINUZ) {
+        img.file(case::L2_VMLINUZ, &spec.kernel.vmlinuz);
+    }
+    if used(case::L2_VMLINUX) {
+        img.file(case::L2_VMLINUX, &spec.kernel.vmlinux);
+    }
     for c in spec.cases {
         if let Some(guest) = &c.guest {
             let path = dir.join(format!("l2-{}.img.gz", c.name));

@@ -88,6 +88,21 @@ pub fn zhitong_bin() -> Result<PathBuf> {
     }
 }
 
+/// An exclusive flock on `path`, held until the file is dropped.
+fn lock(path: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::create(path)?;
+    // SAFETY: flock on a descriptor this function owns; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(Error::new(format!(
+            "flock {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(file)
+}
+
 pub(crate) fn run_tool(cmd: &mut Command) -> Result<()> {
     let out = cmd
         .output()
@@ -216,7 +231,11 @@ impl Lab {
         } else {
             None
         };
-        let dir = workspace_root().join("target/lab-out").join(&self.name);
+        let out = workspace_root().join("target/lab-out");
+        std::fs::create_dir_all(&out)?;
+        // One lab at a time on this machine: each L0 wants every core.
+        let _lock = lock(&out.join(".lock"))?;
+        let dir = out.join(&self.name);
         std::fs::create_dir_all(&dir)?;
         let l1_img = dir.join("l1.cpio");
         let spec = l1::L1Spec {
@@ -241,7 +260,12 @@ impl Lab {
         let console = Arc::new(console);
         let names: Vec<String> = self.cases.iter().map(|c| c.name.clone()).collect();
         Ok(LabRun {
-            cases: console::parse_cases(&console, &names),
+            cases: console::parse_cases(&console, &out.lines, &names),
+            l1_ready: out
+                .lines
+                .iter()
+                .find(|(_, l)| l.contains("L1: kvm ready"))
+                .map(|(t, _)| *t),
             console,
             timed_out: out.timed_out,
             elapsed: out.elapsed,
@@ -258,6 +282,8 @@ pub struct LabRun {
     pub timed_out: bool,
     /// Wall time of the L0 run
     pub elapsed: Duration,
+    /// When L1 printed "L1: kvm ready" (since L0 started)
+    pub l1_ready: Option<Duration>,
     /// Images and console.log
     pub out_dir: PathBuf,
 }
