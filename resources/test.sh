@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The project's test command: lab prerequisites, the VMM, then every test
-# (unit tests and the nested-lab integration tests, which need both).
+# The project's test command: lab prerequisites, the VMM (release: the lab
+# boots target/release/zhitong), then every test: unit tests and the
+# nested-lab integration tests. The tests themselves build in the dev profile:
+# on 2 cores that is ~1 min faster than --release (thin LTO per test binary).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 resources/lab/setup.sh
 cargo build --release -p vmm
-cargo test --workspace --release "$@"
+cargo test --workspace "$@"

@@ -24,7 +24,11 @@ fn lab() -> &'static LabRun {
             .case(Case::new("smp2").cpus(2))
             .case(Case::new("mem4g").cpus(2).memory("4G"))
             .case(Case::new("bzimage").cpus(2).bzimage())
-            .case(Case::new("noinitrd").no_initramfs())
+            .case(
+                Case::new("noinitrd")
+                    .no_initramfs()
+                    .timeout(Duration::from_secs(60)),
+            )
             .case(Case::new("badkernel").kernel(L2Kernel::Path(L2_NOT_A_KERNEL.into())))
             .case(Case::qemu_l1("qemu-reference"));
         let run = lab.run().map_err(|e| e.to_string())?;
