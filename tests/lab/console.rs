@@ -54,6 +54,7 @@ impl CaseResult {
     }
 
     /// Panics with this case's and the whole console unless `ok`.
+    #[track_caller]
     pub fn check(&self, ok: bool, what: &str) {
         if !ok {
             panic!("case {}: {what}\n{self}", self.name);
@@ -61,6 +62,7 @@ impl CaseResult {
     }
 
     /// L2 booted, ran its commands and powered off, and the VMM exited 0.
+    #[track_caller]
     pub fn assert_booted(&self) {
         self.check(self.began, "never began (L1 did not reach it)");
         for m in ["init", "done"] {

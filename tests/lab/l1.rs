@@ -67,6 +67,7 @@ pub fn build(spec: &L1Spec, dir: &Path, out: &Path) -> Result<()> {
     modules.extend(spec.modules.iter().cloned());
     img.modules(spec.kernel, &modules, "L1")?;
     img.line("if [ -e /dev/kvm ]; then echo 'L1: kvm ready'; else echo 'L1: kvm missing'; fi");
+    img.line("[ -e /dev/vfio/vfio ] && echo \"L1: vfio ready, iommu groups=$(ls /sys/kernel/iommu_groups | wc -l)\"");
     for bdf in spec.bind {
         img.line(bind_line(bdf));
     }
