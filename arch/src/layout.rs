@@ -24,6 +24,11 @@ pub const LOW_RAM_END: u64 = 0xa_0000;
 /// The BIOS area Linux scans for the RSDP; our ACPI tables live here.
 pub const ACPI_AREA_START: u64 = 0xe_0000;
 pub const ACPI_AREA_SIZE: u64 = 0x2_0000;
+/// The x86 reset vector (F000:FFF0). There is no firmware; a three-instruction stub here
+/// turns Linux's "BIOS" reboot method into an i8042 reset.
+pub const RESET_VECTOR: u64 = 0xf_fff0;
+/// mov al, 0xfe; out 0x64, al; hlt; jmp back to hlt.
+pub const RESET_VECTOR_STUB: [u8; 7] = [0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd];
 /// Where the kernel is loaded (the bzImage protected-mode part and ELF vmlinux alike).
 pub const HIMEM_START: u64 = 0x10_0000;
 

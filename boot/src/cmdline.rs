@@ -8,8 +8,11 @@ use crate::BootError;
 /// Parameters every zhitong guest needs, whatever the user passes:
 /// - `i8042.noaux`: the i8042 is emulated for its reset line only, there is no mouse.
 pub const PLATFORM_PARAMS: &str = "i8042.noaux";
-/// The guest's console is COM1 (the VMM's stdout), unless the user picks another console.
-pub const DEFAULT_CONSOLE: &str = "console=ttyS0";
+/// Defaults the user may override by naming the parameter themselves:
+/// - the console is COM1 (the VMM's stdout);
+/// - reboot through the ACPI reset register: with hardware-reduced ACPI and no EFI, Linux
+///   would otherwise go EFI -> BIOS and jump to a reset vector there is no firmware behind.
+pub const DEFAULTS: [(&str, &str); 2] = [("console=", "console=ttyS0"), ("reboot=", "reboot=acpi")];
 
 /// Build the command line: the user's parameters (including any `-- init args`) with the
 /// platform's parameters added to the kernel part.
@@ -30,11 +33,10 @@ pub fn build_cmdline(user: &str) -> Result<Cmdline, BootError> {
         Cmdline::try_from(user.trim(), CMDLINE_MAX_SIZE).map_err(too_long)?
     };
     let kernel_part = user.split(" -- ").next().unwrap_or_default();
-    if !kernel_part
-        .split_whitespace()
-        .any(|p| p.starts_with("console="))
-    {
-        cmdline.insert_str(DEFAULT_CONSOLE).map_err(too_long)?;
+    for (key, default) in DEFAULTS {
+        if !kernel_part.split_whitespace().any(|p| p.starts_with(key)) {
+            cmdline.insert_str(default).map_err(too_long)?;
+        }
     }
     cmdline.insert_str(PLATFORM_PARAMS).map_err(too_long)?;
     Ok(cmdline)
@@ -51,7 +53,10 @@ mod tests {
     #[test]
     fn platform_params_are_appended() {
         let c = build_cmdline("console=ttyS0 quiet").unwrap();
-        assert_eq!(text(&c), format!("console=ttyS0 quiet {PLATFORM_PARAMS}"));
+        assert_eq!(
+            text(&c),
+            format!("console=ttyS0 quiet reboot=acpi {PLATFORM_PARAMS}")
+        );
     }
 
     #[test]
@@ -64,21 +69,24 @@ mod tests {
     }
 
     #[test]
-    fn empty_user_cmdline_gets_the_serial_console() {
+    fn empty_user_cmdline_gets_the_defaults() {
         assert_eq!(
             text(&build_cmdline("").unwrap()),
-            format!("{DEFAULT_CONSOLE} {PLATFORM_PARAMS}")
+            format!("console=ttyS0 reboot=acpi {PLATFORM_PARAMS}")
         );
     }
 
     #[test]
-    fn console_is_added_only_when_the_user_names_none() {
+    fn defaults_are_added_only_when_the_user_names_none() {
         let t = text(&build_cmdline("quiet").unwrap());
-        assert_eq!(t, format!("quiet {DEFAULT_CONSOLE} {PLATFORM_PARAMS}"));
-        let t = text(&build_cmdline("console=hvc0 -- console=x").unwrap());
-        assert!(!t.contains(DEFAULT_CONSOLE), "{t}");
+        assert_eq!(
+            t,
+            format!("quiet console=ttyS0 reboot=acpi {PLATFORM_PARAMS}")
+        );
+        let t = text(&build_cmdline("console=hvc0 reboot=k -- console=x").unwrap());
+        assert!(!t.contains("ttyS0") && !t.contains("reboot=acpi"), "{t}");
         let t = text(&build_cmdline("quiet -- console=x").unwrap());
-        assert!(t.contains(DEFAULT_CONSOLE), "{t}");
+        assert!(t.contains("console=ttyS0"), "{t}");
     }
 
     #[test]

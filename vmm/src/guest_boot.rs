@@ -1,7 +1,7 @@
 //! Putting the guest's boot data into its RAM: kernel, initramfs, command line, ACPI tables
 //! and the zero page.
 
-use arch::layout::{ram_regions, FOUR_GIB};
+use arch::layout::{ram_regions, FOUR_GIB, RESET_VECTOR, RESET_VECTOR_STUB};
 use boot::{BootParamsInput, DEFAULT_INITRD_ADDR_MAX};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -54,8 +54,13 @@ fn write_acpi(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<u64> {
     })
     .map_err(|e| Error::Acpi(e.to_string()))?;
     for (addr, bytes) in &tables.blobs {
+        if addr + bytes.len() as u64 > RESET_VECTOR {
+            return Err(Error::Acpi("the tables reach the reset vector".into()));
+        }
         mem.write_slice(bytes, GuestAddress(*addr))
             .map_err(|e| Error::Acpi(e.to_string()))?;
     }
+    mem.write_slice(&RESET_VECTOR_STUB, GuestAddress(RESET_VECTOR))
+        .map_err(|e| Error::Acpi(e.to_string()))?;
     Ok(tables.rsdp_addr)
 }

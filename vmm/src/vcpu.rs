@@ -113,16 +113,24 @@ fn run_loop(vcpu: &mut VcpuFd, id: u8, s: &VcpuShared) -> std::result::Result<()
         }
         match vcpu.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
-                s.pio.read(u64::from(port), data);
+                if !s.pio.read(u64::from(port), data) {
+                    log::trace!("vcpu{id}: unclaimed port read {port:#x}");
+                }
             }
             Ok(VcpuExit::IoOut(port, data)) => {
-                s.pio.write(u64::from(port), data);
+                if !s.pio.write(u64::from(port), data) {
+                    log::trace!("vcpu{id}: unclaimed port write {port:#x} {data:x?}");
+                }
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
-                s.mmio.read(addr, data);
+                if !s.mmio.read(addr, data) {
+                    log::trace!("vcpu{id}: unclaimed MMIO read {addr:#x}");
+                }
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
-                s.mmio.write(addr, data);
+                if !s.mmio.write(addr, data) {
+                    log::trace!("vcpu{id}: unclaimed MMIO write {addr:#x} {data:x?}");
+                }
             }
             Ok(VcpuExit::Hlt) => std::thread::sleep(Duration::from_millis(1)),
             Ok(VcpuExit::Intr) => {}
