@@ -248,7 +248,12 @@ impl Lab {
         };
         l1::build(&spec, &dir, &l1_img)?;
 
-        let out = self.l0.run(&self.kernel.vmlinuz, &l1_img, &mut on_line)?;
+        let l1_kernel = if self.l0.boot_elf {
+            &self.kernel.vmlinux
+        } else {
+            &self.kernel.vmlinuz
+        };
+        let out = self.l0.run(l1_kernel, &l1_img, &mut on_line)?;
         let mut console = out.console;
         if out.timed_out {
             console.push_str(&format!("[lab: L0 killed after {:?}]\n", self.l0.timeout));
