@@ -6,7 +6,9 @@ pub mod acpi_pm;
 pub mod bus;
 pub mod i8042;
 pub mod marker;
+pub mod pci;
 pub mod serial;
+pub mod services;
 
 pub use bus::{Bus, BusDevice, BusError};
 

@@ -1,0 +1,58 @@
+//! What devices need from the VM, as traits the VMM implements over KVM. Devices hold them
+//! as `Arc<dyn ...>`; unit tests implement them in memory.
+
+use vmm_sys_util::eventfd::EventFd;
+
+/// A failure of the VMM-side service (a KVM ioctl, no free slot or GSI...).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ServiceError(pub String);
+
+/// An MSI message as the guest programs it into an MSI capability or MSI-X table entry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MsiMessage {
+    pub addr_lo: u32,
+    pub addr_hi: u32,
+    pub data: u32,
+}
+
+/// Interrupt delivery: GSI routes for MSI, and irqfds binding eventfds to GSIs.
+pub trait InterruptRouter: Send + Sync {
+    /// Reserve a GSI for one MSI/MSI-X vector.
+    fn allocate_msi_gsi(&self) -> Result<u32, ServiceError>;
+    /// Point `gsi` at `msg` (installs or updates the route).
+    fn set_msi_route(&self, gsi: u32, msg: MsiMessage) -> Result<(), ServiceError>;
+    /// Remove `gsi`'s route and give the GSI back.
+    fn release_msi_gsi(&self, gsi: u32);
+    /// Signalling `evt` raises `gsi`.
+    fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), ServiceError>;
+    /// Level-triggered: `evt` asserts `gsi` (an IOAPIC pin); `resample` is signalled when the
+    /// guest EOIs it, so the device can be unmasked and re-assert if still pending.
+    fn register_irqfd_with_resample(
+        &self,
+        evt: &EventFd,
+        resample: &EventFd,
+        gsi: u32,
+    ) -> Result<(), ServiceError>;
+    fn unregister_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), ServiceError>;
+}
+
+/// An opaque handle for a mapping made by [`MemoryMapper::map`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MappingId(pub u32);
+
+/// Host memory made visible to the guest at a guest-physical address without exits
+/// (a KVM memory slot).
+pub trait MemoryMapper: Send + Sync {
+    /// Map `size` bytes at `host_addr` to guest-physical `gpa`.
+    ///
+    /// # Safety
+    /// `host_addr..host_addr+size` must stay mapped in this process until `unmap` is called.
+    unsafe fn map(
+        &self,
+        gpa: u64,
+        size: u64,
+        host_addr: *mut u8,
+    ) -> Result<MappingId, ServiceError>;
+    fn unmap(&self, id: MappingId);
+}
