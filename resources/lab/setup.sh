@@ -73,6 +73,8 @@ if [ ! -s "$dir/vmlinux" ] || [ ! -s "$mods/modules.dep" ]; then
         exit 1
     fi
     mv "$dir/vmlinux.tmp" "$dir/vmlinux"
+    # Older kernels (~450 MB each) are of no more use.
+    find "$CACHE" -mindepth 1 -maxdepth 1 -type d ! -name "$kver" -exec rm -rf {} +
 fi
 ln -sfn "$kver" "$CACHE/current"
 
