@@ -34,6 +34,8 @@ impl Default for MachineConfig {
 pub struct VmConfig {
     pub kernel: KernelConfig,
     pub machine: MachineConfig,
+    /// Host PCI devices to pass through with VFIO.
+    pub devices: Vec<crate::host::Bdf>,
     /// Fail the run when the guest has not touched the serial port or the marker port within
     /// this time: a kernel that never boots. `None` waits forever.
     pub boot_timeout: Option<Duration>,

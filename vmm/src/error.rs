@@ -26,6 +26,12 @@ pub enum Error {
         "cannot allocate {size} of guest RAM: {reason}; ask for less --memory or free host memory"
     )]
     GuestMemory { size: String, reason: String },
+    #[error(transparent)]
+    Preflight(#[from] crate::host::preflight::PreflightError),
+    #[error(transparent)]
+    BadDevice(#[from] crate::host::bdf::BadBdf),
+    #[error("cannot pass through {what}: {reason}")]
+    Vfio { what: String, reason: String },
     #[error("cannot build ACPI tables: {0}")]
     Acpi(String),
     #[error("cannot set up {what}: {source}")]
@@ -47,7 +53,10 @@ impl Error {
     /// 2 for bad usage or configuration, 1 for everything else.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Config(_) | Error::TooManyVcpus { .. } => 2,
+            Error::Config(_)
+            | Error::TooManyVcpus { .. }
+            | Error::Preflight(_)
+            | Error::BadDevice(_) => 2,
             Error::Boot(e) => match e {
                 BootError::GuestMemory(_) => 1,
                 _ => 2,

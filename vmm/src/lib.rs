@@ -6,8 +6,15 @@ mod control;
 pub mod error;
 pub mod exit;
 mod guest_boot;
+pub mod host;
+#[allow(dead_code)] // wired with the VFIO device
+mod interrupts;
 mod memory;
+#[allow(dead_code)] // wired with the VFIO device
+mod passthrough;
 mod platform;
+#[allow(dead_code)] // wired with the VFIO device
+mod slots;
 pub mod timeline;
 mod vcpu;
 mod vm;

@@ -10,6 +10,7 @@
 //!   (or moves) is put on the MMIO/PIO bus at its new address and the device is told
 //!   ([`PciDevice::bar_mapped`]) so it can map its direct-access parts (VFIO: KVM memory
 //!   slots); a BAR that stops decoding is taken off the bus and [`PciDevice::bar_unmapped`].
+//!
 //! A device never knows the VM: it reaches KVM only through the traits in
 //! [`crate::services`].
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use vmm::config::{parse_duration, parse_size, parse_vcpus};
+use vmm::host::Bdf;
 use vmm::{KernelConfig, MachineConfig, VmConfig};
 
 #[derive(Debug, Parser)]
@@ -47,12 +48,20 @@ pub struct RunArgs {
     /// Guest RAM, e.g. 512M or 4G (a plain number means MiB).
     #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_size_arg)]
     pub memory: u64,
+    /// Pass a host PCI device through with VFIO: a BDF (0000:01:00.0) or its sysfs path.
+    /// Repeatable. The device must be bound to vfio-pci.
+    #[arg(long = "device", value_name = "PATH|BDF", value_parser = parse_device_arg)]
+    pub devices: Vec<Bdf>,
     /// Print the boot timeline as one JSON line on stderr at exit.
     #[arg(long)]
     pub timings: bool,
     /// Fail if the guest has not touched its serial port within this time (0 = never).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration_arg)]
     pub boot_timeout: Duration,
+}
+
+fn parse_device_arg(s: &str) -> Result<Bdf, String> {
+    s.parse().map_err(|e: vmm::host::bdf::BadBdf| e.to_string())
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
@@ -79,6 +88,7 @@ impl RunArgs {
                 vcpus: self.cpus,
                 memory_bytes: self.memory,
             },
+            devices: self.devices.clone(),
             boot_timeout: (!self.boot_timeout.is_zero()).then_some(self.boot_timeout),
         }
     }
@@ -174,6 +184,10 @@ mod tests {
             "--timings",
             "--boot-timeout",
             "0",
+            "--device",
+            "0000:01:00.0",
+            "--device",
+            "/sys/bus/pci/devices/0000:02:00.1",
         ]);
         let Parsed::Run(cli) = p else { panic!("{p:?}") };
         let Command::Run(args) = cli.command;
@@ -183,6 +197,8 @@ mod tests {
         assert_eq!((cfg.machine.vcpus, cfg.machine.memory_bytes), (2, 4 << 30));
         assert!(args.timings);
         assert_eq!(cfg.boot_timeout, None);
+        let devices: Vec<String> = cfg.devices.iter().map(|d| d.to_string()).collect();
+        assert_eq!(devices, ["0000:01:00.0", "0000:02:00.1"]);
     }
 
     #[test]
@@ -192,6 +208,7 @@ mod tests {
             (run_args(&["--cpus", "300"]), "between 1 and 254"),
             (run_args(&["--memory", "lots"]), "512M or 4G"),
             (run_args(&["--frobnicate"]), "--frobnicate"),
+            (run_args(&["--device", "gpu0"]), "0000:01:00.0"),
             (parse(["zhitong", "run"]), "--kernel"),
             (parse(["zhitong", "fly"]), "fly"),
             (parse(["zhitong"]), "zhitong run --kernel PATH"),

@@ -1,0 +1,115 @@
+//! VFIO plumbing the VM owns: the KVM VFIO device, the type1 container every passed-through
+//! device's group joins, and the DMA mapping of all guest RAM (iova = guest physical).
+
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
+use kvm_ioctls::VmFd;
+use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd, VfioError, VfioOps};
+use vm_memory::GuestMemoryMmap;
+
+use crate::error::{Error, Result};
+use crate::host::preflight::CheckedDevice;
+use crate::host::Sysfs;
+
+pub struct Passthrough {
+    container: Arc<VfioContainer>,
+    ram_mapped: bool,
+}
+
+impl Passthrough {
+    /// Create the KVM VFIO device and an (empty) VFIO container bound to it.
+    pub fn new(vm: &VmFd) -> Result<Self> {
+        let mut kvm_vfio = kvm_create_device {
+            type_: kvm_device_type_KVM_DEV_TYPE_VFIO,
+            fd: 0,
+            flags: 0,
+        };
+        let fd = vm
+            .create_device(&mut kvm_vfio)
+            .map_err(Error::kvm("KVM_CREATE_DEVICE (VFIO)"))?;
+        let handle = Arc::new(VfioDeviceFd::new_from_kvm(fd));
+        let container = VfioContainer::new(Some(handle)).map_err(|e| Error::Vfio {
+            what: "the VFIO container".into(),
+            reason: describe(&e),
+        })?;
+        Ok(Self {
+            container: Arc::new(container),
+            ram_mapped: false,
+        })
+    }
+
+    /// Open a checked device: its group joins the container (the first group sets the
+    /// type1 IOMMU) and KVM is told about the group.
+    pub fn open_device(&self, sysfs: &Sysfs, dev: &CheckedDevice) -> Result<VfioDevice> {
+        let ops: Arc<dyn VfioOps> = self.container.clone();
+        VfioDevice::new(&sysfs.device_dir(&dev.bdf), ops, false).map_err(|e| Error::Vfio {
+            what: format!("{} (IOMMU group {})", dev.bdf, dev.group),
+            reason: describe_open(&e, dev.group),
+        })
+    }
+
+    /// Map all guest RAM for device DMA. Must follow the first `open_device` (the container
+    /// has no IOMMU before a group joins it). Returns how long the pinning took.
+    pub fn map_guest_ram(&mut self, mem: &GuestMemoryMmap) -> Result<Duration> {
+        let start = Instant::now();
+        // SAFETY: every region of `mem` stays mapped until `unmap_guest_ram` (called from
+        // Drop at the latest), and `mem` outlives this container in the VM's teardown order.
+        unsafe { self.container.vfio_map_guest_memory(mem) }.map_err(|e| Error::Vfio {
+            what: "guest RAM DMA mapping".into(),
+            reason: format!(
+                "{}; the guest's RAM must be pinned: check RLIMIT_MEMLOCK (ulimit -l) or use less --memory",
+                describe(&e)
+            ),
+        })?;
+        self.ram_mapped = true;
+        Ok(start.elapsed())
+    }
+
+    /// Undo `map_guest_ram` (before guest memory is unmapped from the process).
+    pub fn unmap_guest_ram(&mut self, mem: &GuestMemoryMmap) {
+        if std::mem::take(&mut self.ram_mapped) {
+            if let Err(e) = self.container.vfio_unmap_guest_memory(mem) {
+                log::warn!("unmapping guest RAM from the IOMMU: {}", describe(&e));
+            }
+        }
+    }
+}
+
+fn io_source(e: &VfioError) -> Option<&io::Error> {
+    match e {
+        VfioError::OpenContainer(io) | VfioError::OpenGroup(io, _) => Some(io),
+        _ => None,
+    }
+}
+
+/// A VFIO error with its OS cause spelled out.
+fn describe(e: &VfioError) -> String {
+    let source = std::error::Error::source(e)
+        .map(|s| format!(": {s}"))
+        .unwrap_or_default();
+    format!("{e}{source}")
+}
+
+/// Opening a device's group: the usual failures get their fix.
+fn describe_open(e: &VfioError, group: u32) -> String {
+    match io_source(e).and_then(io::Error::raw_os_error) {
+        Some(libc::EBUSY) => format!(
+            "/dev/vfio/{group} is busy: another process (another VM?) holds the group; stop it first"
+        ),
+        Some(libc::EACCES) | Some(libc::EPERM) => format!(
+            "no permission to open /dev/vfio/{group}; run as root or give this user access to it"
+        ),
+        Some(libc::ENOENT) => format!(
+            "/dev/vfio/{group} does not exist; load vfio-pci (modprobe vfio-pci) and bind the device to it"
+        ),
+        _ => match e {
+            VfioError::GroupViable => format!(
+                "IOMMU group {group} is not viable: bind every device of the group to vfio-pci"
+            ),
+            _ => describe(e),
+        },
+    }
+}
