@@ -16,6 +16,8 @@
 
 use std::fmt;
 
+pub mod config;
+
 /// What a BAR decodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BarKind {
