@@ -16,6 +16,7 @@
 
 use std::fmt;
 
+pub mod allocator;
 pub mod config;
 
 /// What a BAR decodes.
