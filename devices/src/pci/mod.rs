@@ -18,6 +18,8 @@ use std::fmt;
 
 pub mod allocator;
 pub mod config;
+pub mod host_bridge;
+pub mod root;
 
 /// What a BAR decodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,138 @@
+//! BAR decode tracking: after each config write the root compares what a function's BARs
+//! say ([`PciDevice::bars`]) with what it has on the buses, and moves bus ranges to match.
+//!
+//! The guest may write anything to a BAR (sizing writes all-ones, a 64-bit BAR is written
+//! one half at a time, and decoding is not always off meanwhile), so a decoding BAR is
+//! only put on a bus when it is sane:
+//! - I/O BARs lie entirely inside the I/O window;
+//! - 32-bit memory BARs and the ROM lie inside the 32-bit window; 64-bit memory BARs
+//!   inside the 32-bit or the 64-bit window (which ends at the guest's physical address
+//!   limit). The windows hold no RAM, ECAM, IOAPIC or LAPIC, so a BAR can never shadow
+//!   them;
+//! - the range does not overlap anything already on the bus (another BAR, the config
+//!   ports...): `Bus::insert` refuses that.
+//!
+//! Anything else is left off with a warning; the guest keeps running and the BAR is put on
+//! the bus as soon as a later write makes it sane.
+
+use std::sync::{Arc, Mutex};
+
+use super::{lock, Function, PciRoot, SharedDevice};
+use crate::pci::allocator::{BarName, Size, Window};
+use crate::pci::{Bar, BarKind, PciDevice};
+use crate::{Bus, BusDevice};
+
+/// What sits on the bus for a mapped BAR: forwards accesses, with offsets relative to the
+/// BAR's base, to the device. Accesses the device maps directly (KVM slots) never get here.
+struct BarRegion {
+    device: SharedDevice,
+    index: u8,
+}
+
+impl BusDevice for BarRegion {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        lock(&self.device).bar_read(self.index, offset, data);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        lock(&self.device).bar_write(self.index, offset, data);
+    }
+}
+
+/// What the root did with a function's decoding BARs.
+#[derive(Default)]
+pub(super) struct BarState {
+    /// On a bus (and `bar_mapped` called).
+    mapped: Vec<Bar>,
+    /// Decoding but refused; kept to warn once per state, not on every config write.
+    refused: Vec<Bar>,
+}
+
+impl PciRoot {
+    /// Bring the buses in line with `dev`'s BARs. `dev` is `func`'s device, locked by the
+    /// caller; BARs that stop decoding or move are unmapped before any is mapped, so two
+    /// BARs may swap addresses in one step. Refused BARs are retried on every call.
+    pub(super) fn sync_bars(&self, func: &Function, dev: &mut dyn PciDevice) {
+        let wanted: Vec<Bar> = dev.bars().into_iter().filter(|b| b.decoding).collect();
+        let mut state = lock(&func.bars);
+        let (keep, gone): (Vec<Bar>, Vec<Bar>) =
+            state.mapped.drain(..).partition(|b| wanted.contains(b));
+        for old in gone {
+            if let Err(e) = self.bus_for(&old).remove(old.addr) {
+                log::warn!("{}: removing BAR {}: {e}", func.bdf, old.index);
+            }
+            dev.bar_unmapped(&old);
+        }
+        state.mapped = keep;
+        let mut refused = Vec::new();
+        for bar in wanted {
+            if state.mapped.contains(&bar) {
+                continue;
+            }
+            match self.map_bar(func, dev, &bar) {
+                Ok(()) => state.mapped.push(bar),
+                Err(why) => {
+                    if !state.refused.contains(&bar) {
+                        log::warn!("{} left unmapped: {why}", describe(func, dev, &bar));
+                    }
+                    refused.push(bar);
+                }
+            }
+        }
+        state.mapped.sort_by_key(|b| b.index);
+        state.refused = refused;
+    }
+
+    /// Put `bar` on its bus and tell the device, or say why not.
+    fn map_bar(&self, func: &Function, dev: &mut dyn PciDevice, bar: &Bar) -> Result<(), String> {
+        if !self.placement_ok(bar) {
+            return Err("outside the PCI windows".into());
+        }
+        let region = Arc::new(Mutex::new(BarRegion {
+            device: func.device.clone(),
+            index: bar.index,
+        }));
+        let bus = self.bus_for(bar);
+        bus.insert(bar.addr, bar.size, region)
+            .map_err(|e| e.to_string())?;
+        dev.bar_mapped(bar).map_err(|e| {
+            let _ = bus.remove(bar.addr);
+            format!("the device failed to map it: {e}")
+        })
+    }
+
+    fn bus_for(&self, bar: &Bar) -> &Bus {
+        if bar.is_io() {
+            &self.pio
+        } else {
+            &self.mmio
+        }
+    }
+
+    /// The sanity rule of this module's documentation (bus overlaps aside).
+    fn placement_ok(&self, bar: &Bar) -> bool {
+        if !bar.size.is_power_of_two() || !bar.addr.is_multiple_of(bar.size) {
+            return false;
+        }
+        let w = &self.windows;
+        let inside =
+            |window: Option<Window>| window.is_some_and(|w| w.contains(bar.addr, bar.size));
+        match bar.kind {
+            BarKind::Io => inside(w.io),
+            BarKind::Mem32 | BarKind::Rom => inside(Some(w.mmio32)),
+            BarKind::Mem64 => inside(Some(w.mmio32)) || inside(w.mmio64),
+        }
+    }
+}
+
+/// "0000:00:03.0 (name): BAR 2 (config offset 0x18) at 0x... (16 GiB)", for warnings.
+fn describe(func: &Function, dev: &dyn PciDevice, bar: &Bar) -> String {
+    format!(
+        "{} ({}): {} at {:#x} ({})",
+        func.bdf,
+        dev.name(),
+        BarName(bar.index),
+        bar.addr,
+        Size(bar.size)
+    )
+}
