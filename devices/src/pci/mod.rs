@@ -69,6 +69,11 @@ impl fmt::Display for PciError {
 impl std::error::Error for PciError {}
 
 /// A PCI function on the root bus.
+///
+/// The root ([`root::PciRoot`]) calls every method from vCPU threads with the device's
+/// mutex held, and calls `bars`/`bar_mapped`/`bar_unmapped` right after each
+/// `config_write` (see [`root`] for the lock order). A device must never call back into
+/// the root (config accesses, `add_device`) from these methods.
 pub trait PciDevice: Send {
     /// Read the dword at `offset` (4-byte aligned, below 4096).
     fn config_read(&mut self, offset: u16) -> u32;

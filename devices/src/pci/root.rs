@@ -19,7 +19,7 @@
 //! then adapter, then device).
 
 pub mod access;
-mod decode;
+pub mod decode;
 #[cfg(test)]
 mod tests;
 
