@@ -1,6 +1,7 @@
 //! Putting the guest's boot data into its RAM: kernel, initramfs, command line, ACPI tables
 //! and the zero page.
 
+use arch::acpi::PciHostConfig;
 use arch::layout::{ram_regions, FOUR_GIB, RESET_VECTOR, RESET_VECTOR_STUB};
 use boot::{BootParamsInput, DEFAULT_INITRD_ADDR_MAX};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -9,7 +10,7 @@ use crate::config::VmConfig;
 use crate::error::{Error, Result};
 
 /// Load everything; returns the kernel's 64-bit entry point.
-pub fn load(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<u64> {
+pub fn load(mem: &GuestMemoryMmap, config: &VmConfig, pci: &PciHostConfig) -> Result<u64> {
     let kernel = boot::load_kernel(mem, &config.kernel.path)?;
 
     let initramfs = match &config.kernel.initramfs {
@@ -27,7 +28,7 @@ pub fn load(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<u64> {
     };
 
     let cmdline = boot::build_cmdline(&config.kernel.cmdline)?;
-    let rsdp_addr = write_acpi(mem, config)?;
+    let rsdp_addr = write_acpi(mem, config, pci)?;
     let e820 = arch::e820::memory_map(config.machine.memory_bytes);
     boot::write_boot_params(
         mem,
@@ -47,10 +48,10 @@ pub fn load(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<u64> {
     Ok(kernel.entry.0)
 }
 
-fn write_acpi(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<u64> {
+fn write_acpi(mem: &GuestMemoryMmap, config: &VmConfig, pci: &PciHostConfig) -> Result<u64> {
     let tables = arch::acpi::build(&arch::acpi::AcpiConfig {
         vcpus: config.machine.vcpus,
-        pci: None,
+        pci: Some(pci.clone()),
     })
     .map_err(|e| Error::Acpi(e.to_string()))?;
     for (addr, bytes) in &tables.blobs {

@@ -12,6 +12,7 @@ mod interrupts;
 mod memory;
 #[allow(dead_code)] // wired with the VFIO device
 mod passthrough;
+mod pci;
 mod platform;
 #[allow(dead_code)] // wired with the VFIO device
 mod slots;

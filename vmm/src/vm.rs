@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::exit::{ExitChannel, VmExit};
 use crate::timeline::{Milestone, Timeline};
 use crate::vcpu::{self, VcpuShared};
-use crate::{guest_boot, memory, platform};
+use crate::{guest_boot, memory, pci, platform};
 
 /// KVM needs three pages for the TSS on Intel; they sit in the MMIO hole, above the LAPIC.
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
@@ -108,19 +108,24 @@ fn run_vm(
 ) -> Result<VmExit> {
     let machine = config.machine;
     let kvm = open_kvm(machine.vcpus)?;
-    let vm = create_vm(&kvm)?;
+    let vm = Arc::new(create_vm(&kvm)?);
     timeline.mark(Milestone::VmCreated);
 
     let mem = memory::create_guest_memory(machine.memory_bytes)?;
     memory::register_with_kvm(&vm, &mem)?;
     timeline.mark(Milestone::MemoryReady);
 
-    let entry = guest_boot::load(&mem, config)?;
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+    let windows = pci::windows(machine.memory_bytes, pci::guest_phys_bits(&cpuid));
+    let entry = guest_boot::load(&mem, config, &pci::acpi_host_config(&windows))?;
     timeline.mark(Milestone::KernelLoaded);
 
     let pio = Arc::new(Bus::new());
     let mmio = Arc::new(Bus::new());
     let platform = platform::attach(&vm, &pio, exit, timeline, console.output)?;
+    let _pci_root = pci::create_root(&pio, &mmio, windows)?;
     let control_inputs = ControlInputs {
         console_in: console.input,
         serial: platform.serial.clone(),
@@ -133,9 +138,6 @@ fn run_vm(
         guest_alive: platform.guest_alive.clone(),
     };
 
-    let cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
     let vcpus = (0..machine.vcpus)
         .map(|id| vcpu::create_vcpu(&vm, &cpuid, id, machine.vcpus, &mem, entry))
         .collect::<Result<Vec<_>>>()?;
