@@ -9,6 +9,7 @@ pub mod marker;
 pub mod pci;
 pub mod serial;
 pub mod services;
+pub mod vfio;
 
 pub use bus::{Bus, BusDevice, BusError};
 

@@ -1,0 +1,422 @@
+//! The VFIO PCI device: config accesses dispatched between the device (pass-through) and our
+//! shadows (BARs, ROM, interrupt line, MSI, MSI-X), trapped BAR accesses between the MSI-X
+//! emulation and the VFIO regions, and the interrupt mode (INTx, MSI, MSI-X) kept in step
+//! with the guest.
+
+use std::sync::Arc;
+
+use crate::pci::{Bar, PciDevice, PciError, ROM_BAR_INDEX};
+use crate::services::{InterruptRouter, MemoryMapper};
+
+use super::backend::{IrqIndex, VfioBackend, CONFIG_REGION, ROM_REGION};
+use super::bars::{DirectBars, TrapRange};
+use crate::pci::config::{
+    merge_dword, BAR0, CAP_ID_MSI, CAP_ID_MSIX, COMMAND, CONFIG_SPACE_SIZE, INTERRUPT_LINE,
+    LEGACY_CONFIG_SIZE, ROM_BAR, VENDOR_ID,
+};
+
+use super::caps::{self, byte_mask};
+use super::config::BarShadows;
+use super::error::VfioPciError;
+use super::intx::Intx;
+use super::mapping::page_size;
+use super::msi::Msi;
+use super::msix::{self, Msix};
+use super::vectors::IrqCtx;
+
+/// Borrow the pieces interrupt emulation needs, leaving the emulation state free to borrow
+/// mutably.
+macro_rules! irq_ctx {
+    ($self:ident) => {
+        IrqCtx {
+            backend: &*$self.backend,
+            router: &*$self.router,
+            name: &$self.name,
+        }
+    };
+}
+
+/// A physical PCI function passed through to the guest with VFIO.
+pub struct VfioPciDevice {
+    name: String,
+    backend: Box<dyn VfioBackend>,
+    router: Arc<dyn InterruptRouter>,
+    /// Size of the VFIO config region (256, or 4096 for PCIe).
+    config_size: u64,
+    shadows: BarShadows,
+    /// The command register as the guest last wrote it (for BAR decoding).
+    command: u16,
+    /// The interrupt line register (virtual: the device's own is the host's).
+    line: u8,
+    /// The interrupt pin as the guest sees it (0 when INTx is not wired).
+    pin: u8,
+    msi: Option<Msi>,
+    msix: Option<Msix>,
+    intx: Option<Intx>,
+    direct: DirectBars,
+    released: bool,
+}
+
+impl VfioPciDevice {
+    /// Take over an opened VFIO device: reset it, read its capabilities and BARs, mmap what
+    /// can be accessed directly, and wire INTx to `intx_gsi` (a level-triggered IOAPIC pin)
+    /// when the device has an interrupt pin.
+    pub fn new(
+        backend: Box<dyn VfioBackend>,
+        name: String,
+        interrupts: Arc<dyn InterruptRouter>,
+        memory: Arc<dyn MemoryMapper>,
+        intx_gsi: Option<u32>,
+    ) -> Result<Self, VfioPciError> {
+        backend.reset();
+        let config_size = backend.region_info(CONFIG_REGION).size;
+        if config_size < u64::from(LEGACY_CONFIG_SIZE) {
+            return Err(VfioPciError::NoConfigRegion { device: name });
+        }
+        let read = |offset: u16| {
+            let mut b = [0u8; 4];
+            backend.region_read(CONFIG_REGION, u64::from(offset), &mut b);
+            u32::from_le_bytes(b)
+        };
+        if read(VENDOR_ID) as u16 == 0xffff {
+            return Err(VfioPciError::NotResponding { device: name });
+        }
+        let vfio_count = |index| backend.irq_info(index).map_or(0, |i| i.count);
+        let caps = caps::capabilities(read);
+        let find = |id| caps.iter().find(|c| c.id == id).map(|c| c.offset);
+        let msi = find(CAP_ID_MSI).map(|cap| Msi::probe(cap, read, vfio_count(IrqIndex::Msi)));
+        let msix = find(CAP_ID_MSIX).map(|cap| Msix::probe(cap, read, vfio_count(IrqIndex::Msix)));
+
+        let shadows = BarShadows::probe(
+            &name,
+            |i| read(BAR0 + 4 * u16::from(i)),
+            |i| backend.region_info(u32::from(i)).size,
+        );
+        let mut traps = Vec::new();
+        if let Some(msix) = &msix {
+            for (what, range) in [("table", msix.table()), ("PBA", msix.pba())] {
+                check_inside_bar(&name, &shadows, what, range)?;
+                traps.push(range);
+            }
+        }
+        let direct = DirectBars::new(&name, &*backend, &shadows, &traps, memory, page_size());
+
+        let command = read(COMMAND) as u16;
+        let device_pin = (read(INTERRUPT_LINE) >> 8) as u8;
+        let intx = match intx_gsi {
+            Some(gsi) if device_pin != 0 && vfio_count(IrqIndex::Intx) >= 1 => {
+                Some(Intx::new(gsi).map_err(|source| VfioPciError::EventFd {
+                    device: name.clone(),
+                    source,
+                })?)
+            }
+            _ => None,
+        };
+        let mut dev = Self {
+            line: intx.as_ref().map_or(0xff, |i| i.gsi().min(0xff) as u8),
+            pin: if intx.is_some() { device_pin } else { 0 },
+            name,
+            backend,
+            router: interrupts,
+            config_size,
+            shadows,
+            command,
+            msi,
+            msix,
+            intx,
+            direct,
+            released: false,
+        };
+        let ctx = irq_ctx!(dev);
+        if let Some(intx) = dev.intx.as_mut() {
+            if let Err(cause) = intx.enable(&ctx) {
+                return Err(VfioPciError::Intx {
+                    device: dev.name.clone(),
+                    gsi: intx.gsi(),
+                    cause,
+                });
+            }
+        }
+        Ok(dev)
+    }
+
+    /// Undo everything the device set up: disable its interrupts in VFIO, remove irqfds and
+    /// GSI routes, remove its memory slots, munmap its BARs, and reset it. Idempotent; also
+    /// runs on drop. The device stays answering config reads but ignores writes afterwards.
+    pub fn release(&mut self) {
+        if std::mem::replace(&mut self.released, true) {
+            return;
+        }
+        let ctx = irq_ctx!(self);
+        if let Some(msix) = self.msix.as_mut() {
+            msix.teardown(&ctx);
+        }
+        if let Some(msi) = self.msi.as_mut() {
+            msi.teardown(&ctx);
+        }
+        if let Some(intx) = self.intx.as_mut() {
+            intx.disable(&ctx);
+        }
+        self.direct.release();
+        self.backend.reset();
+    }
+
+    /// The GSI INTx is wired to, if any.
+    pub fn intx_gsi(&self) -> Option<u32> {
+        self.intx.as_ref().map(Intx::gsi)
+    }
+
+    fn device_read(&self, offset: u16) -> u32 {
+        let mut b = [0u8; 4];
+        self.backend
+            .region_read(CONFIG_REGION, u64::from(offset), &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn in_cap(offset: u16, cap: u16, len: u16) -> Option<u16> {
+        (offset >= cap && offset < cap + len).then(|| offset - cap)
+    }
+
+    fn msi_rel(&self, offset: u16) -> Option<u16> {
+        let msi = self.msi.as_ref()?;
+        Self::in_cap(offset, msi.cap_offset(), msi.cap_len())
+    }
+
+    fn msix_rel(&self, offset: u16) -> Option<u16> {
+        let msix = self.msix.as_ref()?;
+        Self::in_cap(offset, msix.cap_offset(), msix::CAP_LEN)
+    }
+
+    /// After a change to MSI or MSI-X: one interrupt mode at a time in VFIO, so disable
+    /// before enabling, and INTx whenever neither MSI nor MSI-X is on.
+    fn update_irq_mode(&mut self) {
+        let ctx = irq_ctx!(self);
+        let msi_on = self.msi.as_ref().is_some_and(Msi::wants_enabled);
+        let msix_on = self.msix.as_ref().is_some_and(Msix::wants_enabled);
+        if msi_on || msix_on {
+            if let Some(intx) = self.intx.as_mut() {
+                intx.disable(&ctx);
+            }
+        }
+        if let Some(msi) = self.msi.as_mut().filter(|_| !msi_on) {
+            msi.apply(&ctx);
+        }
+        if let Some(msix) = self.msix.as_mut().filter(|_| !msix_on) {
+            msix.apply(&ctx);
+        }
+        if let Some(msi) = self.msi.as_mut().filter(|_| msi_on) {
+            msi.apply(&ctx);
+        }
+        if let Some(msix) = self.msix.as_mut().filter(|_| msix_on) {
+            msix.apply(&ctx);
+        }
+        if !msi_on && !msix_on {
+            if let Some(intx) = self.intx.as_mut() {
+                if let Err(e) = intx.enable(&ctx) {
+                    log::error!("{}: re-enabling INTx failed: {e}", self.name);
+                }
+            }
+        }
+    }
+
+    /// Whether a trapped access to BAR `index` at `offset` fits the BAR.
+    fn bar_access_ok(&self, index: u8, offset: u64, len: usize) -> bool {
+        let ok = self.shadows.get(index).is_some_and(|bar| {
+            offset
+                .checked_add(len as u64)
+                .is_some_and(|end| end <= bar.size())
+        });
+        if !ok {
+            log::debug!(
+                "{}: BAR {index} access of {len} bytes at {offset:#x} is outside the BAR; ignored",
+                self.name
+            );
+        }
+        ok && (1..=8).contains(&len)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn msix_state(&self) -> Option<&Msix> {
+        self.msix.as_ref()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn msi_state(&self) -> Option<&Msi> {
+        self.msi.as_ref()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn intx_state(&self) -> Option<&Intx> {
+        self.intx.as_ref()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn direct_bars(&self) -> &DirectBars {
+        &self.direct
+    }
+}
+
+fn is_bar_register(offset: u16) -> bool {
+    (BAR0..BAR0 + 24).contains(&offset) || offset == ROM_BAR
+}
+
+fn check_inside_bar(
+    name: &str,
+    shadows: &BarShadows,
+    what: &'static str,
+    range: TrapRange,
+) -> Result<(), VfioPciError> {
+    let bar_size = shadows
+        .get(range.bar)
+        .filter(|b| b.kind() != crate::pci::BarKind::Io)
+        .map_or(0, |b| b.size());
+    if range.offset + range.len > bar_size {
+        return Err(VfioPciError::MsixOutsideBar {
+            device: name.to_string(),
+            what,
+            bar: range.bar,
+            offset: range.offset,
+            len: range.len,
+            bar_size,
+        });
+    }
+    Ok(())
+}
+
+impl PciDevice for VfioPciDevice {
+    fn config_read(&mut self, offset: u16) -> u32 {
+        let offset = offset & !3;
+        if u64::from(offset) >= self.config_size {
+            return 0;
+        }
+        if let Some(rel) = self.msi_rel(offset) {
+            return self.msi.as_ref().map_or(0, |m| m.read_cap(rel));
+        }
+        if let Some(rel) = self.msix_rel(offset) {
+            return self.msix.as_ref().map_or(0, |m| m.read_cap(rel));
+        }
+        match offset {
+            o if is_bar_register(o) => self.shadows.read(o),
+            INTERRUPT_LINE => {
+                let device = self.device_read(offset) & 0xffff_0000;
+                device | u32::from(self.pin) << 8 | u32::from(self.line)
+            }
+            _ => self.device_read(offset),
+        }
+    }
+
+    fn config_write(&mut self, offset: u16, data: &[u8]) {
+        let len = data.len() as u16;
+        if !matches!(len, 1 | 2 | 4) || !offset.is_multiple_of(len) || offset >= CONFIG_SPACE_SIZE {
+            log::debug!(
+                "{}: config write of {len} bytes at {offset:#x} is not naturally aligned; ignored",
+                self.name
+            );
+            return;
+        }
+        if self.released || u64::from(offset) >= self.config_size {
+            return;
+        }
+        let (dword, shift) = (offset & !3, offset & 3);
+        if let Some(rel) = self.msi_rel(dword) {
+            if let Some(msi) = self.msi.as_mut() {
+                msi.write_cap(rel, shift, data);
+            }
+            self.update_irq_mode();
+            return;
+        }
+        if let Some(rel) = self.msix_rel(dword) {
+            if let Some(msix) = self.msix.as_mut() {
+                msix.write_cap(rel, shift, data);
+            }
+            self.update_irq_mode();
+            return;
+        }
+        match dword {
+            o if is_bar_register(o) => self.shadows.write(o, shift, data),
+            INTERRUPT_LINE => {
+                // Only the line is writable; pin, min-grant and max-latency are read-only.
+                if shift == 0 {
+                    self.line = data[0];
+                }
+            }
+            _ => {
+                if dword == COMMAND && byte_mask(shift, data.len()) & 0xffff != 0 {
+                    self.command =
+                        merge_dword(u32::from(self.command), usize::from(shift), data) as u16;
+                }
+                self.backend
+                    .region_write(CONFIG_REGION, u64::from(offset), data);
+            }
+        }
+    }
+
+    fn bars(&self) -> Vec<Bar> {
+        self.shadows.bars(self.command)
+    }
+
+    fn bar_mapped(&mut self, bar: &Bar) -> Result<(), PciError> {
+        if self.released {
+            return Ok(());
+        }
+        self.direct.map(bar)
+    }
+
+    fn bar_unmapped(&mut self, bar: &Bar) {
+        self.direct.unmap(bar.index);
+    }
+
+    fn bar_read(&mut self, index: u8, offset: u64, data: &mut [u8]) {
+        if !self.bar_access_ok(index, offset, data.len()) {
+            data.fill(0xff);
+            return;
+        }
+        if let Some(msix) = &self.msix {
+            if msix.bar_read(&self.name, index, offset, data) {
+                return;
+            }
+        }
+        let region = if index == ROM_BAR_INDEX {
+            ROM_REGION
+        } else {
+            u32::from(index)
+        };
+        self.backend.region_read(region, offset, data);
+    }
+
+    fn bar_write(&mut self, index: u8, offset: u64, data: &[u8]) {
+        if self.released || !self.bar_access_ok(index, offset, data.len()) {
+            return;
+        }
+        let ctx = irq_ctx!(self);
+        if let Some(msix) = self.msix.as_mut() {
+            if msix.bar_write(&ctx, index, offset, data) {
+                return;
+            }
+        }
+        if index == ROM_BAR_INDEX {
+            log::debug!("{}: write to the expansion ROM ignored", self.name);
+            return;
+        }
+        self.backend.region_write(u32::from(index), offset, data);
+    }
+
+    fn assign_bar(&mut self, index: u8, addr: u64) {
+        if !self.shadows.assign(index, addr) {
+            log::warn!(
+                "{}: cannot assign {addr:#x} to BAR {index} (no such BAR, or misaligned)",
+                self.name
+            );
+        }
+    }
+
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+}
+
+impl Drop for VfioPciDevice {
+    fn drop(&mut self) {
+        self.release();
+    }
+}

@@ -1,0 +1,59 @@
+//! A physical PCI function passed through to the guest with VFIO.
+//!
+//! The VMM opens the device (container/group or iommufd, attached to the KVM VFIO device,
+//! guest RAM DMA-mapped) and hands it over wrapped in a [`VfioBackend`]; [`VfioPciDevice`]
+//! then implements [`crate::pci::PciDevice`]:
+//! - config space passes through to the device except what is virtualised: BARs and the ROM
+//!   BAR (`config.rs`), the interrupt line, and the MSI and MSI-X capabilities (`msi.rs`,
+//!   `msix.rs`), which drive VFIO_DEVICE_SET_IRQS, GSI routes and irqfds (`vectors.rs`);
+//! - BARs are mmapped where VFIO allows (sparse areas honoured, MSI-X table and PBA pages
+//!   cut out) and become KVM memory slots while they decode (`bars.rs`); the rest traps;
+//! - INTx is an irqfd with resample on a level-triggered IOAPIC pin (`intx.rs`), switched
+//!   off while MSI or MSI-X is on.
+//!
+//! Everything that touches VFIO goes through [`VfioBackend`], so the emulation is tested
+//! against an in-memory device (`mock.rs`).
+
+mod backend;
+mod bars;
+mod caps;
+mod config;
+mod device;
+mod error;
+mod intx;
+mod mapping;
+mod msi;
+mod msix;
+mod vectors;
+
+#[cfg(test)]
+mod mock;
+#[cfg(test)]
+mod tests;
+
+pub use backend::{
+    IrqIndex, IrqInfo, RegionInfo, SparseArea, VfioBackend, VfioDeviceBackend, CONFIG_REGION,
+    ROM_REGION,
+};
+pub use device::VfioPciDevice;
+pub use error::{BackendError, VfioPciError};
+pub use mapping::DeviceMapping;
+
+impl VfioPciDevice {
+    /// [`VfioPciDevice::new`] over an opened `vfio_ioctls::VfioDevice`.
+    pub fn from_vfio_device(
+        device: vfio_ioctls::VfioDevice,
+        name: String,
+        interrupts: std::sync::Arc<dyn crate::services::InterruptRouter>,
+        memory: std::sync::Arc<dyn crate::services::MemoryMapper>,
+        intx_gsi: Option<u32>,
+    ) -> Result<Self, VfioPciError> {
+        Self::new(
+            Box::new(VfioDeviceBackend::new(device)),
+            name,
+            interrupts,
+            memory,
+            intx_gsi,
+        )
+    }
+}

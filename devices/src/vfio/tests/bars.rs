@@ -1,0 +1,174 @@
+use super::super::mock::{Call, MockBackend, MSIX_PBA, MSIX_TABLE};
+use super::*;
+use crate::pci::{Bar, PciDevice};
+
+fn bar(r: &Rig, index: u8) -> Bar {
+    *r.dev.bars().iter().find(|b| b.index == index).unwrap()
+}
+
+fn mmaps(r: &Rig) -> Vec<(u32, u64, u64)> {
+    r.backend
+        .state()
+        .calls
+        .iter()
+        .filter_map(|c| match c {
+            Call::Mmap {
+                index,
+                offset,
+                size,
+            } => Some((*index, *offset, *size)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn mmappable_parts_skip_sparse_holes_and_the_msix_pages() {
+    let r = rig();
+    assert_eq!(
+        mmaps(&r),
+        vec![
+            (0, 0, 0x4000),
+            (2, 0, 0x4_0000),
+            (2, 0x8_0000, 0x2_0000),
+            (2, 0xa_2000, 0x5_e000),
+        ],
+        "BAR 1 (I/O) and the ROM are never mmapped; the table and PBA pages trap"
+    );
+    assert_eq!(r.dev.direct_bars().areas(1), vec![]);
+}
+
+#[test]
+fn mapped_bars_become_slots_without_the_msix_pages() {
+    let mut r = rig();
+    r.dev.assign_bar(0, 0xc000_0000);
+    r.dev.assign_bar(2, 0x20_0000_0000);
+    r.write16(0x04, 0x0002);
+    r.dev.bar_mapped(&bar(&r, 0)).unwrap();
+    r.dev.bar_mapped(&bar(&r, 2)).unwrap();
+    let base = 0x20_0000_0000;
+    assert_eq!(
+        r.mapper.ranges(),
+        vec![
+            (0xc000_0000, 0x4000),
+            (base, 0x4_0000),
+            (base + 0x8_0000, 0x2_0000),
+            (base + 0xa_2000, 0x5_e000),
+        ]
+    );
+    let table_page = base + MSIX_TABLE;
+    let pba_page = base + MSIX_PBA;
+    for (gpa, size) in r.mapper.ranges() {
+        assert!(table_page + 0x1000 <= gpa || table_page >= gpa + size);
+        assert!(pba_page + 0x1000 <= gpa || pba_page >= gpa + size);
+    }
+    // Host addresses are the mmaps the device holds.
+    assert!(r.mapper.state().slots.values().all(|s| s.2 != 0));
+}
+
+#[test]
+fn unmapping_and_moving_a_bar_moves_its_slots() {
+    let mut r = rig();
+    r.dev.assign_bar(2, 0x20_0000_0000);
+    r.write16(0x04, 0x0002);
+    let old = bar(&r, 2);
+    r.dev.bar_mapped(&old).unwrap();
+    assert_eq!(r.mapper.ranges().len(), 3);
+    r.dev.bar_unmapped(&old);
+    assert!(r.mapper.ranges().is_empty());
+    r.write32(0x18, 0x4000_0000);
+    r.write32(0x1c, 0x30);
+    let new = bar(&r, 2);
+    assert_eq!(new.addr, 0x30_4000_0000);
+    r.dev.bar_mapped(&new).unwrap();
+    assert_eq!(r.mapper.ranges()[0], (0x30_4000_0000, 0x4_0000));
+    // Mapping again without an unmap first does not leak slots.
+    r.dev.bar_mapped(&new).unwrap();
+    assert_eq!(r.mapper.ranges().len(), 3);
+}
+
+#[test]
+fn a_failed_mapping_leaves_no_slots_and_names_the_device() {
+    let mut r = rig();
+    r.dev.assign_bar(2, 0x20_0000_0000);
+    r.mapper.state().fail = true;
+    let err = r.dev.bar_mapped(&bar(&r, 2)).unwrap_err();
+    assert!(
+        err.0.contains("0000:01:00.0") && err.0.contains("BAR 2"),
+        "{err}"
+    );
+    assert!(r.mapper.ranges().is_empty());
+}
+
+#[test]
+fn trapped_accesses_are_forwarded_to_the_regions() {
+    let mut r = rig();
+    {
+        let mut s = r.backend.state();
+        s.regions.get_mut(&2).unwrap().data[0x4_0010] = 0x5a;
+        s.regions.get_mut(&1).unwrap().data[0x10] = 0x77;
+    }
+    let mut b = [0u8; 1];
+    r.dev.bar_read(2, 0x4_0010, &mut b);
+    assert_eq!(b, [0x5a], "a sparse hole traps and reads the region");
+    r.dev.bar_read(1, 0x10, &mut b);
+    assert_eq!(b, [0x77], "I/O BAR");
+    r.forget_calls();
+    r.dev.bar_write(1, 0x20, &[0x42]);
+    r.dev.bar_write(2, 0xa_0800, &[1, 2, 3, 4]);
+    assert_eq!(
+        r.backend.state().calls,
+        vec![
+            Call::RegionWrite {
+                index: 1,
+                offset: 0x20,
+                data: vec![0x42]
+            },
+            Call::RegionWrite {
+                index: 2,
+                offset: 0xa_0800,
+                data: vec![1, 2, 3, 4]
+            },
+        ],
+        "the rest of the table's page is the device's"
+    );
+}
+
+#[test]
+fn the_rom_is_readable_and_read_only() {
+    let mut r = rig();
+    let mut b = [0u8; 2];
+    r.dev.bar_read(6, 0, &mut b);
+    assert_eq!(b, [0x55, 0xaa]);
+    r.forget_calls();
+    r.dev.bar_write(6, 0, &[0, 0]);
+    assert!(r.backend.state().calls.is_empty());
+}
+
+#[test]
+fn accesses_outside_a_bar_are_ignored() {
+    let mut r = rig();
+    r.forget_calls();
+    let mut b = [0u8; 4];
+    r.dev.bar_read(0, 0x3ffe, &mut b);
+    assert_eq!(b, [0xff; 4]);
+    r.dev.bar_read(3, 0, &mut b);
+    assert_eq!(b, [0xff; 4], "upper half of a 64-bit BAR");
+    r.dev.bar_write(5, 0, &[1]);
+    r.dev.bar_write(0, u64::MAX, &[1]);
+    assert!(r.backend.state().calls.is_empty());
+}
+
+#[test]
+fn a_failed_mmap_falls_back_to_trapping() {
+    let backend = MockBackend::standard();
+    backend.state().fail_mmap = true;
+    let mut r = rig_with(backend, None).unwrap();
+    r.dev.assign_bar(0, 0xc000_0000);
+    r.write16(0x04, 0x0002);
+    r.dev.bar_mapped(&bar(&r, 0)).unwrap();
+    assert!(r.mapper.ranges().is_empty());
+    let mut b = [0u8; 4];
+    r.dev.bar_read(0, 0, &mut b);
+    assert_eq!(b, [0; 4], "still reachable, through the region");
+}

@@ -1,0 +1,217 @@
+use super::super::mock::{Call, MockBackend, MSIX_CAP, MSI_CAP, VENDOR_CAP};
+use super::*;
+use crate::pci::config::{COMMAND_IO, COMMAND_MEMORY};
+use crate::pci::{BarKind, PciDevice};
+
+#[test]
+fn passthrough_registers_come_from_the_device() {
+    let mut r = rig();
+    assert_eq!(r.read(0x00), 0x1eb8_10de);
+    assert_eq!(r.read(0x08), 0x0302_00a1);
+    assert_eq!(r.read(0x2c), 0x1234_10de);
+    assert_eq!(r.read(VENDOR_CAP), 0xaa08_0009);
+    assert_eq!(r.read(0x100), 0x1401_0001, "extended config space");
+    r.backend
+        .state()
+        .set_config_u32(VENDOR_CAP + 4, 0x1122_3344);
+    assert_eq!(r.read(VENDOR_CAP + 4), 0x1122_3344, "read live, not cached");
+    r.write32(VENDOR_CAP + 4, 0x5566_7788);
+    assert_eq!(
+        r.backend.state().config_writes(),
+        vec![(
+            u64::from(VENDOR_CAP + 4),
+            0x5566_7788u32.to_le_bytes().to_vec()
+        )]
+    );
+}
+
+#[test]
+fn the_capability_chain_is_the_devices() {
+    let mut r = rig();
+    assert_eq!(r.read(0x34) & 0xff, 0x40);
+    assert_eq!(r.read(0x40) & 0xffff, 0x5001);
+    assert_eq!(r.read(MSI_CAP) & 0xffff, 0x7005);
+    assert_eq!(r.read(MSIX_CAP) & 0xffff, 0x8011);
+}
+
+#[test]
+fn bars_start_unassigned_with_the_devices_type_bits() {
+    let mut r = rig();
+    assert_eq!(r.read(0x10), 0x0);
+    assert_eq!(r.read(0x14), 0x1);
+    assert_eq!(r.read(0x18), 0xc);
+    assert_eq!(r.read(0x1c), 0x0);
+    assert_eq!(r.read(0x20), 0x0);
+    assert_eq!(r.read(0x30), 0x0);
+    let bars = r.dev.bars();
+    let shape: Vec<_> = bars
+        .iter()
+        .map(|b| (b.index, b.kind, b.prefetchable, b.size))
+        .collect();
+    assert_eq!(
+        shape,
+        vec![
+            (0, BarKind::Mem32, false, 0x4000),
+            (1, BarKind::Io, false, 0x100),
+            (2, BarKind::Mem64, true, 0x10_0000),
+            (6, BarKind::Rom, false, 0x1_0000),
+        ]
+    );
+}
+
+#[test]
+fn bar_sizing_and_moves_stay_in_the_shadow() {
+    let mut r = rig();
+    r.forget_calls();
+    for off in [0x10, 0x14, 0x18, 0x1c, 0x20, 0x24, 0x30] {
+        r.write32(off, 0xffff_ffff);
+    }
+    assert_eq!(r.read(0x10), 0xffff_c000);
+    assert_eq!(r.read(0x14), 0xffff_ff01);
+    assert_eq!(r.read(0x18), 0xfff0_000c);
+    assert_eq!(r.read(0x1c), 0xffff_ffff);
+    assert_eq!(r.read(0x20), 0);
+    assert_eq!(r.read(0x30), 0xffff_0001);
+    r.write32(0x18, 0x8000_0000);
+    r.write32(0x1c, 0x10);
+    r.write16(0x10, 0x0000);
+    r.write16(0x12, 0xc000);
+    r.write32(0x30, 0xc010_0000);
+    let addrs: Vec<_> = r.dev.bars().iter().map(|b| (b.index, b.addr)).collect();
+    assert_eq!(addrs[0], (0, 0xc000_0000));
+    assert_eq!(addrs[2], (2, 0x10_8000_0000));
+    assert_eq!(addrs[3], (6, 0xc010_0000));
+    assert!(
+        r.backend.state().config_writes().is_empty(),
+        "BAR writes never reach the device"
+    );
+    assert_eq!(r.backend.state().config_u32(0x18), 0xd000_000c);
+}
+
+#[test]
+fn assign_bar_sets_what_firmware_would() {
+    let mut r = rig();
+    r.dev.assign_bar(0, 0xc000_0000);
+    r.dev.assign_bar(2, 0x20_0000_0000);
+    r.dev.assign_bar(3, 0x1000); // upper half: refused
+    r.dev.assign_bar(4, 0x1000); // no such BAR: refused
+    assert_eq!(r.read(0x10), 0xc000_0000);
+    assert_eq!(r.read(0x18), 0x0000_000c);
+    assert_eq!(r.read(0x1c), 0x20);
+    assert_eq!(r.read(0x20), 0);
+}
+
+#[test]
+fn decoding_follows_the_command_register() {
+    let mut r = rig();
+    r.dev.assign_bar(0, 0xc000_0000);
+    r.dev.assign_bar(1, 0x2000);
+    r.dev.assign_bar(2, 0x20_0000_0000);
+    r.dev.assign_bar(6, 0xc010_0000);
+    let decoding = |r: &Rig| -> Vec<u8> {
+        r.dev
+            .bars()
+            .iter()
+            .filter(|b| b.decoding)
+            .map(|b| b.index)
+            .collect()
+    };
+    assert!(decoding(&r).is_empty());
+    r.forget_calls();
+    r.write16(0x04, COMMAND_MEMORY | 1 << 2);
+    assert_eq!(decoding(&r), vec![0, 2]);
+    assert_eq!(
+        r.backend.state().config_writes(),
+        vec![(4, vec![0x06, 0x00])],
+        "the command register reaches the device"
+    );
+    r.dev.config_write(0x04, &[COMMAND_IO as u8]);
+    assert_eq!(decoding(&r), vec![1]);
+    r.write32(0x04, u32::from(COMMAND_IO | COMMAND_MEMORY));
+    r.write32(0x30, 0xc010_0001);
+    assert_eq!(decoding(&r), vec![0, 1, 2, 6]);
+    // A write to the status half alone leaves the command bits.
+    r.dev.config_write(0x06, &[0xff, 0xff]);
+    assert_eq!(decoding(&r), vec![0, 1, 2, 6]);
+}
+
+#[test]
+fn interrupt_line_is_virtual_and_reports_the_gsi() {
+    let mut r = rig();
+    assert_eq!(r.read(0x3c) & 0xffff, 0x010a, "INTA on GSI 10");
+    r.forget_calls();
+    r.dev.config_write(0x3c, &[0x05]);
+    r.dev.config_write(0x3d, &[0x03]);
+    assert_eq!(r.read(0x3c) & 0xffff, 0x0105);
+    assert!(r.backend.state().config_writes().is_empty());
+    assert_eq!(r.backend.state().config()[0x3c], 0x0b);
+}
+
+#[test]
+fn msi_and_msix_registers_never_reach_the_device() {
+    let mut r = rig();
+    r.forget_calls();
+    r.write32(MSI_CAP + 4, 0xfee0_0000);
+    r.write32(MSI_CAP + 8, 0);
+    r.write16(MSI_CAP + 0xc, 0x41);
+    r.write32(MSI_CAP + 0x10, 0xff);
+    r.write16(MSIX_CAP + 2, 0xc000);
+    r.write32(MSIX_CAP + 4, 0x1234_5678);
+    let writes = r.backend.state().config_writes();
+    assert!(writes.is_empty(), "{writes:x?}");
+    assert_eq!(
+        r.read(MSIX_CAP + 4),
+        0xa_0002,
+        "table offset/BIR is read-only"
+    );
+    assert_eq!(r.read(MSI_CAP + 4), 0xfee0_0000);
+    assert_eq!(r.read(MSI_CAP + 0xc), 0x41);
+}
+
+#[test]
+fn malformed_config_writes_are_ignored() {
+    let mut r = rig();
+    r.forget_calls();
+    r.dev.config_write(0x41, &[1, 2]);
+    r.dev.config_write(0x42, &[1, 2, 3, 4]);
+    r.dev.config_write(0x40, &[1, 2, 3]);
+    r.dev.config_write(0x40, &[]);
+    r.dev.config_write(0x1000, &[1]);
+    assert!(r.backend.state().calls.is_empty());
+}
+
+#[test]
+fn extended_space_beyond_the_region_reads_zero() {
+    let backend = MockBackend::standard();
+    backend.state().regions.get_mut(&7).unwrap().info.size = 256;
+    let mut r = rig_with(backend, Some(INTX_GSI)).unwrap();
+    assert_eq!(r.read(0x100), 0);
+    r.forget_calls();
+    r.write32(0x100, 1);
+    assert!(r.backend.state().calls.is_empty());
+}
+
+#[test]
+fn construction_resets_the_device_and_checks_it() {
+    let r = rig();
+    assert_eq!(r.backend.state().calls[0], Call::Reset);
+
+    let dead = MockBackend::standard();
+    dead.state().set_config_u32(0, 0xffff_ffff);
+    let err = rig_with(dead, None).err().unwrap().to_string();
+    assert!(err.starts_with("0000:01:00.0: "), "{err}");
+    assert!(err.contains("does not respond"), "{err}");
+
+    let bad_msix = MockBackend::standard();
+    bad_msix.state().set_config_u32(MSIX_CAP + 8, 0x10_0000 | 2);
+    let err = rig_with(bad_msix, None).err().unwrap().to_string();
+    assert!(
+        err.contains("MSI-X PBA") && err.contains("outside the BAR"),
+        "{err}"
+    );
+
+    let no_config = MockBackend::standard();
+    no_config.state().regions.remove(&7);
+    let err = rig_with(no_config, None).err().unwrap().to_string();
+    assert!(err.contains("no PCI config region"), "{err}");
+}
