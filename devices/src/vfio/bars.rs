@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::pci::{Bar, BarKind, PciError};
+use crate::pci::{Bar, BarKind};
 use crate::services::{MappingId, MemoryMapper};
 
 use super::backend::{RegionInfo, SparseArea, VfioBackend};
@@ -150,45 +150,36 @@ impl DirectBars {
         }
     }
 
-    /// `bar` decodes at `bar.addr`: put its direct parts into the guest there.
-    pub fn map(&mut self, bar: &Bar) -> Result<(), PciError> {
+    /// `bar` decodes at `bar.addr`: put its direct parts into the guest there. A part that
+    /// cannot become a slot (none left, say) traps instead: slower, still correct.
+    pub fn map(&mut self, bar: &Bar) {
         self.unmap(bar.index);
         let Some(region) = self.bars.iter_mut().find(|r| r.index == bar.index) else {
-            return Ok(());
+            return;
         };
         if !bar.addr.is_multiple_of(self.page) {
             log::warn!(
-                "{}: BAR {} at {:#x} is not page-aligned; all of it traps",
+                "{}: BAR {} at {:#x} is not page-aligned; all of it traps (slow)",
                 self.name,
                 bar.index,
                 bar.addr
             );
-            return Ok(());
+            return;
         }
-        for i in 0..region.areas.len() {
-            let area = &region.areas[i];
+        for area in &mut region.areas {
             let gpa = bar.addr + area.offset;
+            let len = area.mapping.len();
             // SAFETY: the mapping lives in `area` until `unmap` removes the slot: `unmap` runs
             // before any mapping is dropped (in `release`, before `bars` goes).
-            let result = unsafe {
-                self.memory
-                    .map(gpa, area.mapping.len(), area.mapping.as_ptr())
-            };
-            match result {
-                Ok(id) => region.areas[i].slot = Some(id),
-                Err(e) => {
-                    let err = PciError(format!(
-                        "{}: BAR {}: mapping {:#x} bytes at guest {gpa:#x}: {e}",
-                        self.name,
-                        bar.index,
-                        area.mapping.len()
-                    ));
-                    self.unmap(bar.index);
-                    return Err(err);
-                }
+            match unsafe { self.memory.map(gpa, len, area.mapping.as_ptr()) } {
+                Ok(id) => area.slot = Some(id),
+                Err(e) => log::warn!(
+                    "{}: BAR {}: no direct mapping of {len:#x} bytes at guest {gpa:#x}, it traps (slow): {e}",
+                    self.name,
+                    bar.index,
+                ),
             }
         }
-        Ok(())
     }
 
     /// Remove BAR `index`'s slots (the guest then traps on all of it).

@@ -18,6 +18,7 @@ use crate::pci::config::{
 use super::caps::{self, byte_mask};
 use super::config::BarShadows;
 use super::error::VfioPciError;
+use super::ext_caps::ExtCaps;
 use super::intx::Intx;
 use super::mapping::page_size;
 use super::msi::Msi;
@@ -52,6 +53,7 @@ pub struct VfioPciDevice {
     pin: u8,
     msi: Option<Msi>,
     msix: Option<Msix>,
+    ext_caps: ExtCaps,
     intx: Option<Intx>,
     direct: DirectBars,
     released: bool,
@@ -86,6 +88,7 @@ impl VfioPciDevice {
         let find = |id| caps.iter().find(|c| c.id == id).map(|c| c.offset);
         let msi = find(CAP_ID_MSI).map(|cap| Msi::probe(cap, read, vfio_count(IrqIndex::Msi)));
         let msix = find(CAP_ID_MSIX).map(|cap| Msix::probe(cap, read, vfio_count(IrqIndex::Msix)));
+        let ext_caps = ExtCaps::probe(&name, read, config_size);
 
         let shadows = BarShadows::probe(
             &name,
@@ -123,6 +126,7 @@ impl VfioPciDevice {
             command,
             msi,
             msix,
+            ext_caps,
             intx,
             direct,
             released: false,
@@ -295,6 +299,9 @@ impl PciDevice for VfioPciDevice {
         if let Some(rel) = self.msix_rel(offset) {
             return self.msix.as_ref().map_or(0, |m| m.read_cap(rel));
         }
+        if let Some(value) = self.ext_caps.read(offset) {
+            return value;
+        }
         match offset {
             o if is_bar_register(o) => self.shadows.read(o),
             INTERRUPT_LINE => {
@@ -332,6 +339,13 @@ impl PciDevice for VfioPciDevice {
             self.update_irq_mode();
             return;
         }
+        if self.ext_caps.blocks_write(dword) {
+            log::debug!(
+                "{}: config write at {offset:#x} (hidden) dropped",
+                self.name
+            );
+            return;
+        }
         match dword {
             o if is_bar_register(o) => self.shadows.write(o, shift, data),
             INTERRUPT_LINE => {
@@ -356,10 +370,10 @@ impl PciDevice for VfioPciDevice {
     }
 
     fn bar_mapped(&mut self, bar: &Bar) -> Result<(), PciError> {
-        if self.released {
-            return Ok(());
+        if !self.released {
+            self.direct.map(bar);
         }
-        self.direct.map(bar)
+        Ok(())
     }
 
     fn bar_unmapped(&mut self, bar: &Bar) {

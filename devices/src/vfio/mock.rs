@@ -3,7 +3,8 @@
 //!
 //! The device: vendor 0x10de, capabilities PM (0x40) -> MSI (0x50; 64-bit, per-vector
 //! masking, 8 vectors) -> MSI-X (0x70; 16 vectors, table in BAR 2 at 0xa0000, PBA at
-//! 0xa1000) -> vendor-specific (0x80), an extended capability at 0x100; BAR 0 32-bit memory
+//! 0xa1000) -> vendor-specific (0x80); extended AER (0x100) -> Resizable BAR (0x140) ->
+//! LTR (0x160); BAR 0 32-bit memory
 //! 16 KiB (mmappable), BAR 1 I/O 256 bytes, BARs 2-3 64-bit prefetchable 1 MiB with sparse
 //! areas [0, 256K) and [512K, 1M) and the MSI-X-mappable cap, a 64 KiB ROM; INTA.
 
@@ -159,6 +160,9 @@ fn standard_config() -> Vec<u8> {
     put(0x78, &(MSIX_PBA as u32 | 2).to_le_bytes());
     put(0x80, &[0x09, 0x00, 0x08, 0xaa, 0xbb, 0xcc, 0xdd, 0xee]); // vendor-specific
     put(0x100, &0x1401_0001_u32.to_le_bytes()); // AER, next 0x140
+    put(0x140, &0x1601_0015_u32.to_le_bytes()); // Resizable BAR, next 0x160 (hidden)
+    put(0x144, &0x0000_fff0_u32.to_le_bytes());
+    put(0x160, &0x0001_0018_u32.to_le_bytes()); // LTR, last
     c
 }
 

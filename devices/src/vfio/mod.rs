@@ -6,6 +6,8 @@
 //! - config space passes through to the device except what is virtualised: BARs and the ROM
 //!   BAR (`config.rs`), the interrupt line, and the MSI and MSI-X capabilities (`msi.rs`,
 //!   `msix.rs`), which drive VFIO_DEVICE_SET_IRQS, GSI routes and irqfds (`vectors.rs`);
+//! - a few extended capabilities the guest must not use (Resizable BAR, SR-IOV, ARI) are
+//!   unlinked from the chain (`ext_caps.rs`);
 //! - BARs are mmapped where VFIO allows (sparse areas honoured, MSI-X table and PBA pages
 //!   cut out) and become KVM memory slots while they decode (`bars.rs`); the rest traps;
 //! - INTx is an irqfd with resample on a level-triggered IOAPIC pin (`intx.rs`), switched
@@ -20,6 +22,7 @@ mod caps;
 mod config;
 mod device;
 mod error;
+mod ext_caps;
 mod intx;
 mod mapping;
 mod msi;

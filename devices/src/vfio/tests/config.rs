@@ -10,7 +10,7 @@ fn passthrough_registers_come_from_the_device() {
     assert_eq!(r.read(0x08), 0x0302_00a1);
     assert_eq!(r.read(0x2c), 0x1234_10de);
     assert_eq!(r.read(VENDOR_CAP), 0xaa08_0009);
-    assert_eq!(r.read(0x100), 0x1401_0001, "extended config space");
+    assert_eq!(r.read(0x160), 0x0001_0018, "extended config space");
     r.backend
         .state()
         .set_config_u32(VENDOR_CAP + 4, 0x1122_3344);
@@ -32,6 +32,24 @@ fn the_capability_chain_is_the_devices() {
     assert_eq!(r.read(0x40) & 0xffff, 0x5001);
     assert_eq!(r.read(MSI_CAP) & 0xffff, 0x7005);
     assert_eq!(r.read(MSIX_CAP) & 0xffff, 0x8011);
+}
+
+#[test]
+fn resizable_bar_is_unlinked_from_the_extended_chain() {
+    let mut r = rig();
+    assert_eq!(r.read(0x100), 0x1601_0001, "AER now points at LTR");
+    assert_eq!(r.read(0x140), 0);
+    assert_eq!(r.read(0x144), 0);
+    r.forget_calls();
+    r.write32(0x148, 0x0000_0500);
+    r.write32(0x100, 0);
+    assert!(r.backend.state().config_writes().is_empty());
+    r.write32(0x104, 0);
+    assert_eq!(
+        r.backend.state().config_writes().len(),
+        1,
+        "AER's body passes"
+    );
 }
 
 #[test]
