@@ -141,7 +141,34 @@ impl VfioPciDevice {
                 });
             }
         }
+        dev.log_summary();
         Ok(dev)
+    }
+
+    fn log_summary(&self) {
+        let bars: Vec<String> = self
+            .shadows
+            .bars(0)
+            .iter()
+            .map(|b| format!("{}:{:?}/{:#x}", b.index, b.kind, b.size))
+            .collect();
+        log::info!(
+            "{}: BARs [{}], MSI {}, MSI-X {}, INTx {}",
+            self.name,
+            bars.join(" "),
+            if self.msi.is_some() { "yes" } else { "no" },
+            self.msix.as_ref().map_or("no".to_string(), |m| {
+                let t = m.table();
+                format!(
+                    "{} vectors (table BAR {} {:#x})",
+                    t.len / 16,
+                    t.bar,
+                    t.offset
+                )
+            }),
+            self.intx_gsi()
+                .map_or("off".to_string(), |g| format!("on GSI {g}")),
+        );
     }
 
     /// Undo everything the device set up: disable its interrupts in VFIO, remove irqfds and
