@@ -7,17 +7,15 @@ pub mod error;
 pub mod exit;
 mod guest_boot;
 pub mod host;
-#[allow(dead_code)] // wired with the VFIO device
 mod interrupts;
 mod memory;
-#[allow(dead_code)] // wired with the VFIO device
 mod passthrough;
 mod pci;
 mod platform;
-#[allow(dead_code)] // wired with the VFIO device
 mod slots;
 pub mod timeline;
 mod vcpu;
+mod vfio_devices;
 mod vm;
 
 pub use config::{KernelConfig, MachineConfig, VmConfig};

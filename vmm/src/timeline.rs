@@ -8,16 +8,19 @@ pub enum Milestone {
     VmCreated,
     MemoryReady,
     KernelLoaded,
+    /// Passed-through devices opened and guest RAM DMA-mapped (only with --device).
+    DevicesReady,
     FirstVcpuEntry,
     GuestMarker,
     Exit,
 }
 
 impl Milestone {
-    pub const ALL: [Milestone; 6] = [
+    pub const ALL: [Milestone; 7] = [
         Milestone::VmCreated,
         Milestone::MemoryReady,
         Milestone::KernelLoaded,
+        Milestone::DevicesReady,
         Milestone::FirstVcpuEntry,
         Milestone::GuestMarker,
         Milestone::Exit,
@@ -28,6 +31,7 @@ impl Milestone {
             Milestone::VmCreated => "vm_created_ms",
             Milestone::MemoryReady => "memory_ready_ms",
             Milestone::KernelLoaded => "kernel_loaded_ms",
+            Milestone::DevicesReady => "devices_ready_ms",
             Milestone::FirstVcpuEntry => "first_vcpu_entry_ms",
             Milestone::GuestMarker => "guest_marker_ms",
             Milestone::Exit => "exit_ms",
@@ -39,7 +43,7 @@ impl Milestone {
 #[derive(Debug)]
 pub struct Timeline {
     start: Instant,
-    marks: [OnceLock<Duration>; 6],
+    marks: [OnceLock<Duration>; 7],
 }
 
 impl Timeline {

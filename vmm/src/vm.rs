@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::exit::{ExitChannel, VmExit};
 use crate::timeline::{Milestone, Timeline};
 use crate::vcpu::{self, VcpuShared};
+use crate::vfio_devices::{self, SlotRange};
 use crate::{guest_boot, memory, pci, platform};
 
 /// KVM needs three pages for the TSS on Intel; they sit in the MMIO hole, above the LAPIC.
@@ -112,7 +113,7 @@ fn run_vm(
     timeline.mark(Milestone::VmCreated);
 
     let mem = memory::create_guest_memory(machine.memory_bytes)?;
-    memory::register_with_kvm(&vm, &mem)?;
+    let ram_slots = memory::register_with_kvm(&vm, &mem)?;
     timeline.mark(Milestone::MemoryReady);
 
     let cpuid = kvm
@@ -125,7 +126,20 @@ fn run_vm(
     let pio = Arc::new(Bus::new());
     let mmio = Arc::new(Bus::new());
     let platform = platform::attach(&vm, &pio, exit, timeline, console.output)?;
-    let _pci_root = pci::create_root(&pio, &mmio, windows)?;
+    let pci_root = pci::create_root(&pio, &mmio, windows)?;
+    let passed_through = vfio_devices::attach(
+        &vm,
+        &mem,
+        &pci_root,
+        &config.devices,
+        SlotRange {
+            first_free: ram_slots,
+            max: kvm.get_nr_memslots() as u32,
+        },
+    )?;
+    if passed_through.is_some() {
+        timeline.mark(Milestone::DevicesReady);
+    }
     let control_inputs = ControlInputs {
         console_in: console.input,
         serial: platform.serial.clone(),
@@ -162,6 +176,9 @@ fn run_vm(
     }
     let outcome = outcome.and_then(|()| run_until_exit(exit, control_inputs));
     vcpu::stop_all(&shared.stop, threads);
+    if let Some(devices) = passed_through {
+        devices.release(&mem);
+    }
     outcome
 }
 
