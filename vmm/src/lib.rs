@@ -5,6 +5,7 @@ pub mod config;
 mod control;
 pub mod error;
 pub mod exit;
+mod exit_stats;
 mod guest_boot;
 pub mod host;
 mod interrupts;

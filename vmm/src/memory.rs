@@ -8,16 +8,32 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRe
 use crate::config::format_size;
 use crate::error::{Error, Result};
 
-/// Map `size` bytes of guest RAM (not yet touched: pages are allocated on first use).
+/// Map `size` bytes of guest RAM (not yet touched: pages are allocated on first use),
+/// asking for transparent huge pages: fewer nested-paging misses for the guest, and 512x
+/// fewer pages to pin when the RAM is DMA-mapped for passthrough.
 pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap> {
     let ranges: Vec<(GuestAddress, usize)> = ram_regions(size)
         .into_iter()
         .map(|(start, len)| (GuestAddress(start), len as usize))
         .collect();
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::GuestMemory {
+    let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::GuestMemory {
         size: format_size(size),
         reason: e.to_string(),
-    })
+    })?;
+    for region in mem.iter() {
+        if let Ok(host) = mem.get_host_address(region.start_addr()) {
+            // SAFETY: advice on a mapping we own; it changes no contents.
+            let rc =
+                unsafe { libc::madvise(host.cast(), region.len() as usize, libc::MADV_HUGEPAGE) };
+            if rc != 0 {
+                log::debug!(
+                    "no transparent huge pages for guest RAM: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+    Ok(mem)
 }
 
 /// Give KVM every RAM region as a memory slot (slots 0..n). Returns the next free slot.

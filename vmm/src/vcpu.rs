@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use devices::Bus;
 use kvm_bindings::{CpuId, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
@@ -14,6 +14,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::error::{Error, Result};
 use crate::exit::{ExitChannel, VmExit};
+use crate::exit_stats::ExitStats;
 use crate::timeline::{Milestone, Timeline};
 
 /// What every vCPU thread shares.
@@ -103,6 +104,18 @@ pub fn spawn(mut vcpu: VcpuFd, id: u8, shared: VcpuShared) -> Result<JoinHandle<
 
 /// Run until the VM stops; returns the exit this vCPU caused, if any.
 fn run_loop(vcpu: &mut VcpuFd, id: u8, s: &VcpuShared) -> std::result::Result<(), VmExit> {
+    let mut stats = ExitStats::default();
+    let result = run_exits(vcpu, id, s, &mut stats);
+    stats.log(id);
+    result
+}
+
+fn run_exits(
+    vcpu: &mut VcpuFd,
+    id: u8,
+    s: &VcpuShared,
+    stats: &mut ExitStats,
+) -> std::result::Result<(), VmExit> {
     let crashed = |reason: String| VmExit::Crashed { vcpu: id, reason };
     loop {
         if s.stop.load(Ordering::Acquire) {
@@ -113,24 +126,32 @@ fn run_loop(vcpu: &mut VcpuFd, id: u8, s: &VcpuShared) -> std::result::Result<()
         }
         match vcpu.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
+                let start = Instant::now();
                 if !s.pio.read(u64::from(port), data) {
                     log::trace!("vcpu{id}: unclaimed port read {port:#x}");
                 }
+                stats.record("in", u64::from(port), start);
             }
             Ok(VcpuExit::IoOut(port, data)) => {
+                let start = Instant::now();
                 if !s.pio.write(u64::from(port), data) {
                     log::trace!("vcpu{id}: unclaimed port write {port:#x} {data:x?}");
                 }
+                stats.record("out", u64::from(port), start);
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
+                let start = Instant::now();
                 if !s.mmio.read(addr, data) {
                     log::trace!("vcpu{id}: unclaimed MMIO read {addr:#x}");
                 }
+                stats.record("mmio-read", addr & !0xfff, start);
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
+                let start = Instant::now();
                 if !s.mmio.write(addr, data) {
                     log::trace!("vcpu{id}: unclaimed MMIO write {addr:#x} {data:x?}");
                 }
+                stats.record("mmio-write", addr & !0xfff, start);
             }
             Ok(VcpuExit::Hlt) => std::thread::sleep(Duration::from_millis(1)),
             Ok(VcpuExit::Intr) => {}
