@@ -3,7 +3,6 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,8 +14,9 @@ use crate::config::{host_ram_bytes, VmConfig};
 use crate::control::{run_until_exit, ControlInputs};
 use crate::error::{Error, Result};
 use crate::exit::{ExitChannel, VmExit};
+use crate::handle::{VmHandle, VmShared, VmState};
 use crate::timeline::{Milestone, Timeline};
-use crate::vcpu::{self, VcpuShared};
+use crate::vcpu::{self, RunGate, VcpuSet, VcpuShared};
 use crate::vfio_devices::{self, SlotRange};
 use crate::{guest_boot, memory, pci, platform};
 
@@ -86,27 +86,37 @@ impl Vm {
         self.timeline.clone()
     }
 
-    /// Boot the guest and run it to the end. Everything the VM holds is released before this
-    /// returns, whatever the outcome.
-    pub fn run(self) -> Result<VmExit> {
+    /// Boot the guest on a thread of its own and return a handle to it.
+    pub fn start(self) -> Result<VmHandle> {
         let Vm {
             config,
             console,
             exit,
             timeline,
         } = self;
-        let result = run_vm(&config, console, &exit, &timeline);
-        timeline.mark(Milestone::Exit);
-        result
+        let shared = Arc::new(VmShared::new(exit, timeline));
+        let vm_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("vm".into())
+            .spawn(move || {
+                let result = run_vm(&config, console, &vm_shared);
+                vm_shared.timeline.mark(Milestone::Exit);
+                vm_shared.set_state(VmState::Stopped);
+                result
+            })
+            .map_err(Error::io("the VM thread"))?;
+        Ok(VmHandle::new(shared, thread))
+    }
+
+    /// Boot the guest and run it to the end. Everything the VM holds is released before this
+    /// returns, whatever the outcome.
+    pub fn run(self) -> Result<VmExit> {
+        self.start()?.wait()
     }
 }
 
-fn run_vm(
-    config: &VmConfig,
-    console: Console,
-    exit: &Arc<ExitChannel>,
-    timeline: &Arc<Timeline>,
-) -> Result<VmExit> {
+fn run_vm(config: &VmConfig, console: Console, shared: &VmShared) -> Result<VmExit> {
+    let (exit, timeline) = (&shared.exit, &shared.timeline);
     let machine = config.machine;
     let kvm = open_kvm(machine.vcpus)?;
     let vm = Arc::new(create_vm(&kvm)?);
@@ -156,26 +166,21 @@ fn run_vm(
         .map(|id| vcpu::create_vcpu(&vm, &cpuid, id, machine.vcpus, &mem, entry))
         .collect::<Result<Vec<_>>>()?;
 
-    let shared = VcpuShared {
+    let vcpu_shared = VcpuShared {
         pio,
         mmio,
         exit: exit.clone(),
         timeline: timeline.clone(),
-        stop: Arc::new(AtomicBool::new(false)),
+        gate: Arc::new(RunGate::default()),
     };
-    let mut threads = Vec::with_capacity(vcpus.len());
-    let mut outcome = Ok(());
-    for (id, fd) in (0u8..).zip(vcpus) {
-        match vcpu::spawn(fd, id, shared.clone()) {
-            Ok(thread) => threads.push(thread),
-            Err(e) => {
-                outcome = Err(e);
-                break;
-            }
-        }
-    }
-    let outcome = outcome.and_then(|()| run_until_exit(exit, control_inputs));
-    vcpu::stop_all(&shared.stop, threads);
+    let outcome = VcpuSet::start(vcpus, &vcpu_shared).and_then(|set| {
+        let _ = shared.vcpus.set(set.clone());
+        shared.set_state(VmState::Running);
+        let outcome = run_until_exit(exit, control_inputs);
+        shared.set_state(VmState::Stopping);
+        set.stop();
+        outcome
+    });
     if let Some(devices) = passed_through {
         devices.release(&mem);
     }

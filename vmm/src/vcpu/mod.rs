@@ -1,16 +1,17 @@
 //! vCPUs: creation, boot state, and one thread each running KVM_RUN and dispatching exits
 //! to the buses.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+mod gate;
+mod set;
+
 use std::sync::{Arc, Once};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use devices::Bus;
 use kvm_bindings::{CpuId, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::error::{Error, Result};
 use crate::exit::{ExitChannel, VmExit};
@@ -24,8 +25,11 @@ pub struct VcpuShared {
     pub mmio: Arc<Bus>,
     pub exit: Arc<ExitChannel>,
     pub timeline: Arc<Timeline>,
-    pub stop: Arc<AtomicBool>,
+    pub gate: Arc<RunGate>,
 }
+
+pub use gate::RunGate;
+pub use set::VcpuSet;
 
 /// Create vCPU `id` of `count` and give it its CPUID, MSRs and LAPIC set-up; the boot vCPU
 /// (id 0) also gets long mode and registers pointing at `entry`.
@@ -89,17 +93,23 @@ fn install_kick_handler() -> Result<()> {
     result
 }
 
-/// Start a thread running vCPU `id`.
-pub fn spawn(mut vcpu: VcpuFd, id: u8, shared: VcpuShared) -> Result<JoinHandle<()>> {
+/// Start a thread running vCPU `id`. It counts as running on the gate from now on.
+fn spawn(mut vcpu: VcpuFd, id: u8, shared: VcpuShared) -> Result<std::thread::JoinHandle<()>> {
     install_kick_handler()?;
+    shared.gate.enter();
+    let gate = shared.gate.clone();
     std::thread::Builder::new()
         .name(format!("vcpu{id}"))
         .spawn(move || {
             if let Err(exit) = run_loop(&mut vcpu, id, &shared) {
                 shared.exit.request(exit);
             }
+            shared.gate.leave();
         })
-        .map_err(Error::io("a vCPU thread"))
+        .map_err(|e| {
+            gate.leave();
+            Error::io("a vCPU thread")(e)
+        })
 }
 
 /// Run until the VM stops; returns the exit this vCPU caused, if any.
@@ -118,7 +128,7 @@ fn run_exits(
 ) -> std::result::Result<(), VmExit> {
     let crashed = |reason: String| VmExit::Crashed { vcpu: id, reason };
     loop {
-        if s.stop.load(Ordering::Acquire) {
+        if !s.gate.pass() {
             return Ok(());
         }
         if id == 0 {
@@ -153,7 +163,7 @@ fn run_exits(
                 }
                 stats.record("mmio-write", addr & !0xfff, start);
             }
-            Ok(VcpuExit::Hlt) => std::thread::sleep(Duration::from_millis(1)),
+            Ok(VcpuExit::Hlt) => std::thread::sleep(std::time::Duration::from_millis(1)),
             Ok(VcpuExit::Intr) => {}
             Ok(VcpuExit::Shutdown) => {
                 return Err(crashed(
@@ -181,18 +191,5 @@ fn run_exits(
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
             Err(e) => return Err(crashed(format!("KVM_RUN failed: {e}"))),
         }
-    }
-}
-
-/// Stop every vCPU thread and wait for them: set the stop flag, then signal each thread
-/// until it has left KVM_RUN (a signal that lands just before KVM_RUN is lost, so repeat).
-pub fn stop_all(stop: &AtomicBool, threads: Vec<JoinHandle<()>>) {
-    stop.store(true, Ordering::Release);
-    for thread in threads {
-        while !thread.is_finished() {
-            let _ = thread.kill(kick_signal());
-            std::thread::sleep(Duration::from_micros(500));
-        }
-        let _ = thread.join();
     }
 }

@@ -1,0 +1,69 @@
+//! The VM's vCPU threads as one unit: start them, pause and resume them, stop them.
+
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use kvm_ioctls::VcpuFd;
+use vmm_sys_util::signal::Killable;
+
+use super::{kick_signal, spawn, RunGate, VcpuShared};
+use crate::error::Result;
+
+pub struct VcpuSet {
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    gate: Arc<RunGate>,
+}
+
+impl VcpuSet {
+    /// Start a thread per vCPU (ids in order). If one cannot start, those already running
+    /// are stopped before the error is returned.
+    pub fn start(vcpus: Vec<VcpuFd>, shared: &VcpuShared) -> Result<Arc<VcpuSet>> {
+        let set = Arc::new(VcpuSet {
+            threads: Mutex::new(Vec::with_capacity(vcpus.len())),
+            gate: shared.gate.clone(),
+        });
+        for (id, fd) in (0u8..).zip(vcpus) {
+            match spawn(fd, id, shared.clone()) {
+                Ok(thread) => set.threads.lock().unwrap().push(thread),
+                Err(e) => {
+                    set.stop();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(set)
+    }
+
+    /// Knock every vCPU thread out of KVM_RUN once.
+    fn kick(&self) {
+        for thread in self.threads.lock().unwrap().iter() {
+            if !thread.is_finished() {
+                let _ = thread.kill(kick_signal());
+            }
+        }
+    }
+
+    /// Park every vCPU; returns when none is in the guest.
+    pub fn pause(&self) {
+        self.gate.close(|| self.kick());
+    }
+
+    pub fn resume(&self) {
+        self.gate.open();
+    }
+
+    /// Stop every vCPU thread and wait for them. A signal landing just before KVM_RUN is
+    /// lost, so kick until each thread is gone.
+    pub fn stop(&self) {
+        self.gate.stop();
+        let threads: Vec<_> = self.threads.lock().unwrap().drain(..).collect();
+        for thread in threads {
+            while !thread.is_finished() {
+                let _ = thread.kill(kick_signal());
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            let _ = thread.join();
+        }
+    }
+}
