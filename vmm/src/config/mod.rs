@@ -1,24 +1,39 @@
 //! What a VM is made of, one struct per concern, and the checks that need no KVM.
 
+pub mod file;
+
 use std::path::PathBuf;
 use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 use arch::layout::{MAX_VCPUS, MIN_MEMORY};
 
 /// The guest kernel and how it is started.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct KernelConfig {
     pub path: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initramfs: Option<PathBuf>,
     /// What the user wants on the command line; the platform's own parameters are added.
+    #[serde(default)]
     pub cmdline: String,
 }
 
 /// vCPUs and RAM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct MachineConfig {
+    #[serde(deserialize_with = "vcpus_field")]
     pub vcpus: u8,
+    #[serde(rename = "memory", with = "file::size")]
     pub memory_bytes: u64,
+}
+
+fn vcpus_field<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    let n = u32::deserialize(d)?;
+    parse_vcpus(&n.to_string()).map_err(serde::de::Error::custom)
 }
 
 impl Default for MachineConfig {
@@ -30,15 +45,42 @@ impl Default for MachineConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VmConfig {
     pub kernel: KernelConfig,
+    #[serde(default)]
     pub machine: MachineConfig,
     /// Host PCI devices to pass through with VFIO.
+    #[serde(default, with = "file::bdfs")]
     pub devices: Vec<crate::host::Bdf>,
     /// Fail the run when the guest has not touched the serial port or the marker port within
     /// this time: a kernel that never boots. `None` waits forever.
+    #[serde(default = "default_boot_timeout", with = "file::duration")]
     pub boot_timeout: Option<Duration>,
+}
+
+/// How long a guest may stay silent at boot before the run fails.
+pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn default_boot_timeout() -> Option<Duration> {
+    Some(DEFAULT_BOOT_TIMEOUT)
+}
+
+impl VmConfig {
+    /// A configuration with defaults for everything but the kernel.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        Self {
+            kernel: KernelConfig {
+                path: kernel.into(),
+                initramfs: None,
+                cmdline: String::new(),
+            },
+            machine: MachineConfig::default(),
+            devices: Vec::new(),
+            boot_timeout: default_boot_timeout(),
+        }
+    }
 }
 
 /// A configuration error: bad usage, reported with exit status 2.
@@ -56,6 +98,10 @@ pub enum ConfigError {
     MemoryUnaligned { got: String, suggest: String },
     #[error("--memory {got} is more than this host's {host} of RAM; ask for less")]
     MemoryTooLarge { got: String, host: String },
+    #[error("config file {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("no kernel given; pass --kernel PATH or set kernel.path in the --config file")]
+    NoKernel,
 }
 
 /// Parse a size like `512M`, `4G`, `1024K`, `2T` or a plain number of MiB (as QEMU's -m).

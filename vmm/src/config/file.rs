@@ -1,0 +1,170 @@
+//! VM configuration files (JSON or TOML, by extension) onto the same `VmConfig` the CLI
+//! flags build. Sizes and durations are written as in the CLI ("4G", "60s"); a plain
+//! number of bytes / seconds is accepted too.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serializer};
+
+use super::{format_size, parse_duration, parse_size, ConfigError, VmConfig};
+
+/// Read a config file: `.toml` is TOML, anything else JSON.
+pub fn load(path: &Path) -> Result<VmConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: path.display().to_string(),
+        reason: format!("{e}; check the path given to --config"),
+    })?;
+    let is_toml = path.extension().is_some_and(|e| e == "toml");
+    parse(&text, is_toml).map_err(|reason| ConfigError::File {
+        path: path.display().to_string(),
+        reason,
+    })
+}
+
+/// Parse config text; the error is one line naming the offending field.
+pub fn parse(text: &str, toml_format: bool) -> Result<VmConfig, String> {
+    if toml_format {
+        toml::from_str(text).map_err(|e| e.message().replace('\n', " "))
+    } else {
+        serde_json::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumberOrText {
+    Number(u64),
+    Text(String),
+}
+
+pub mod size {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(bytes: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_size(*bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        match NumberOrText::deserialize(d)? {
+            NumberOrText::Number(n) => Ok(n),
+            NumberOrText::Text(t) => parse_size(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+pub mod duration {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&format!("{}ms", d.as_millis())),
+            None => s.serialize_str("0"),
+        }
+    }
+
+    /// "0" (or 0) means no limit.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let d = match NumberOrText::deserialize(d)? {
+            NumberOrText::Number(n) => Duration::from_secs(n),
+            NumberOrText::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom)?,
+        };
+        Ok((!d.is_zero()).then_some(d))
+    }
+}
+
+pub mod bdfs {
+    use super::*;
+    use crate::host::Bdf;
+
+    pub fn serialize<S: Serializer>(list: &[Bdf], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(list.iter().map(|b| b.to_string()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Bdf>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|s| s.parse().map_err(serde::de::Error::custom))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_with_every_field() {
+        let cfg = parse(
+            r#"{"kernel": {"path": "/k", "initramfs": "/i", "cmdline": "quiet"},
+                "machine": {"vcpus": 2, "memory": "4G"},
+                "devices": ["01:00.0"], "boot_timeout": "90s"}"#,
+            false,
+        )
+        .unwrap();
+        assert_eq!(cfg.kernel.path, Path::new("/k"));
+        assert_eq!(cfg.kernel.initramfs.as_deref(), Some(Path::new("/i")));
+        assert_eq!((cfg.machine.vcpus, cfg.machine.memory_bytes), (2, 4 << 30));
+        assert_eq!(cfg.devices[0].to_string(), "0000:01:00.0");
+        assert_eq!(cfg.boot_timeout, Some(Duration::from_secs(90)));
+    }
+
+    #[test]
+    fn toml_with_defaults() {
+        let cfg = parse("[kernel]\npath = \"/k\"\n", true).unwrap();
+        assert_eq!(cfg.machine.vcpus, 1);
+        assert_eq!(cfg.machine.memory_bytes, 512 << 20);
+        assert_eq!(cfg.boot_timeout, Some(Duration::from_secs(60)));
+        assert!(cfg.devices.is_empty());
+        let cfg = parse(
+            "boot_timeout = 0\n[kernel]\npath = \"/k\"\n[machine]\nmemory = 1073741824\n",
+            true,
+        )
+        .unwrap();
+        assert_eq!(cfg.boot_timeout, None);
+        assert_eq!(cfg.machine.memory_bytes, 1 << 30);
+    }
+
+    #[test]
+    fn round_trip_through_json() {
+        let cfg = parse(
+            r#"{"kernel": {"path": "/k"}, "machine": {"memory": "3G"}}"#,
+            false,
+        )
+        .unwrap();
+        let text = serde_json::to_string(&cfg).unwrap();
+        assert!(text.contains("\"memory\":\"3G\""), "{text}");
+        assert_eq!(parse(&text, false).unwrap(), cfg);
+    }
+
+    #[test]
+    fn mistakes_name_the_field() {
+        for (text, toml, needle) in [
+            (
+                r#"{"kernel": {"path": "/k"}, "machine": {"memroy": "1G"}}"#,
+                false,
+                "memroy",
+            ),
+            (
+                r#"{"kernel": {"path": "/k"}, "machine": {"memory": "lots"}}"#,
+                false,
+                "lots",
+            ),
+            (r#"{"machine": {}}"#, false, "kernel"),
+            (
+                "[kernel]\npath = \"/k\"\n[machine]\nvcpus = 0\n",
+                true,
+                "between 1 and",
+            ),
+            (
+                r#"{"kernel": {"path": "/k"}, "devices": ["gpu"]}"#,
+                false,
+                "gpu",
+            ),
+        ] {
+            let err = parse(text, toml).unwrap_err();
+            assert!(err.contains(needle), "{text}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+    }
+}
