@@ -2,6 +2,7 @@
 //! [`Vm::run`] it until the guest powers off, reboots, crashes, or a [`Stopper`] ends it.
 
 pub mod config;
+mod console;
 mod control;
 pub mod error;
 pub mod exit;
@@ -25,4 +26,5 @@ pub use error::{Error, Result};
 pub use exit::VmExit;
 pub use handle::{ControlError, VmHandle, VmState};
 pub use timeline::{Milestone, Timeline};
-pub use vm::{Console, Stopper, Vm};
+pub use console::Console;
+pub use vm::{Stopper, Vm};

@@ -2,7 +2,6 @@
 //! run until the guest or the caller ends it, and tear everything down.
 
 use std::fs::File;
-use std::io::Write;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,6 +10,7 @@ use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY}
 use kvm_ioctls::{Cap, Kvm, VmFd};
 
 use crate::config::{host_ram_bytes, VmConfig};
+use crate::console::Console;
 use crate::control::{run_until_exit, ControlInputs};
 use crate::error::{Error, Result};
 use crate::exit::{ExitChannel, VmExit};
@@ -22,13 +22,6 @@ use crate::{guest_boot, memory, pci, platform};
 
 /// KVM needs three pages for the TSS on Intel; they sit in the MMIO hole, above the LAPIC.
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
-
-/// Where the guest's serial console goes and comes from.
-pub struct Console {
-    pub output: Box<dyn Write + Send>,
-    /// Polled for input; `None` means the guest gets no console input.
-    pub input: Option<File>,
-}
 
 /// Lets another thread end a running VM.
 #[derive(Clone)]
