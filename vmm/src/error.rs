@@ -11,7 +11,11 @@ pub enum Error {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Boot(#[from] BootError),
-    #[error("cannot open /dev/kvm: {0}; load kvm_intel or kvm_amd and make sure this user can read and write /dev/kvm")]
+    #[error("{}", crate::host::checks::kvm_open_failed(
+        std::path::Path::new("/dev/kvm"),
+        .0.errno(),
+        crate::host::cpu::Vendor::from_cpuinfo(std::path::Path::new("/proc")),
+    ))]
     KvmOpen(kvm_ioctls::Error),
     #[error("this host's KVM lacks {0}; run on a host kernel that has it")]
     KvmCapability(&'static str),

@@ -11,6 +11,7 @@ use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd, VfioError, VfioOps};
 use vm_memory::GuestMemoryMmap;
 
 use crate::error::{Error, Result};
+use crate::host::checks::vfio_group_open_failed;
 use crate::host::preflight::CheckedDevice;
 use crate::host::Sysfs;
 
@@ -47,7 +48,7 @@ impl Passthrough {
         let ops: Arc<dyn VfioOps> = self.container.clone();
         VfioDevice::new(&sysfs.device_dir(&dev.bdf), ops, false).map_err(|e| Error::Vfio {
             what: format!("{} (IOMMU group {})", dev.bdf, dev.group),
-            reason: describe_open(&e, dev.group),
+            reason: describe_open(&e, dev),
         })
     }
 
@@ -93,21 +94,17 @@ fn describe(e: &VfioError) -> String {
     format!("{e}{source}")
 }
 
-/// Opening a device's group: the usual failures get their fix.
-fn describe_open(e: &VfioError, group: u32) -> String {
+/// Opening a device's group: the usual failures get their fix, worded as `zhitong check`
+/// words them.
+fn describe_open(e: &VfioError, dev: &CheckedDevice) -> String {
     match io_source(e).and_then(io::Error::raw_os_error) {
-        Some(libc::EBUSY) => format!(
-            "/dev/vfio/{group} is busy: another process (another VM?) holds the group; stop it first"
-        ),
-        Some(libc::EACCES) | Some(libc::EPERM) => format!(
-            "no permission to open /dev/vfio/{group}; run as root or give this user access to it"
-        ),
-        Some(libc::ENOENT) => format!(
-            "/dev/vfio/{group} does not exist; load vfio-pci (modprobe vfio-pci) and bind the device to it"
-        ),
+        Some(errno @ (libc::EBUSY | libc::EACCES | libc::EPERM | libc::ENOENT)) => {
+            vfio_group_open_failed(dev.group, errno, Some(dev.bdf)).to_string()
+        }
         _ => match e {
             VfioError::GroupViable => format!(
-                "IOMMU group {group} is not viable: bind every device of the group to vfio-pci"
+                "IOMMU group {} is not viable: another device of the group is bound to a host driver; hand the whole group to vfio-pci: zhitong bind {}",
+                dev.group, dev.bdf
             ),
             _ => describe(e),
         },

@@ -26,11 +26,20 @@ const MAX_GUEST_PHYS_BITS: u8 = 48;
 /// The guest's physical address width: what its CPUID (KVM's supported leaf 0x80000008)
 /// announces, capped at what 4-level nested paging maps.
 pub fn guest_phys_bits(cpuid: &CpuId) -> u8 {
-    cpuid
-        .as_slice()
-        .iter()
-        .find(|e| e.function == 0x8000_0008)
-        .map(|e| (e.eax & 0xff) as u8)
+    phys_bits_from_leaf(
+        cpuid
+            .as_slice()
+            .iter()
+            .find(|e| e.function == 0x8000_0008)
+            .map(|e| e.eax),
+    )
+}
+
+/// The guest physical address width for EAX of CPUID leaf 0x80000008 (None: no such leaf):
+/// its low byte, 36 when absent or implausible, capped at what 4-level nested paging maps.
+/// `zhitong run` feeds KVM's leaf, `zhitong check` the host's, so both size the same windows.
+pub fn phys_bits_from_leaf(eax: Option<u32>) -> u8 {
+    eax.map(|eax| (eax & 0xff) as u8)
         .filter(|&bits| bits >= 32)
         .unwrap_or(36)
         .min(MAX_GUEST_PHYS_BITS)

@@ -9,10 +9,10 @@ use devices::pci::root::PciRoot;
 use devices::vfio::VfioPciDevice;
 use kvm_ioctls::VmFd;
 use vfio_bindings::bindings::vfio::VFIO_PCI_CONFIG_REGION_INDEX;
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::error::{Error, Result};
-use crate::host::preflight::check_devices;
+use crate::host::preflight::{check_devices, check_guest_fits};
 use crate::host::{Bdf, Sysfs};
 use crate::interrupts::KvmInterruptRouter;
 use crate::passthrough::Passthrough;
@@ -45,6 +45,8 @@ pub fn attach(
     }
     let sysfs = Sysfs::default();
     let checked = check_devices(&sysfs, bdfs)?;
+    let ram: u64 = mem.iter().map(|r| r.len()).sum();
+    check_guest_fits(&sysfs, bdfs, ram, root.windows())?;
     let mut attached = PassedThrough {
         passthrough: Passthrough::new(vm)?,
         devices: Vec::new(),

@@ -1,34 +1,17 @@
-//! Checks a passthrough run makes before it touches anything, each failure one line with the
-//! cause and the fix.
+//! What `zhitong run` checks before it touches anything: the same findings as
+//! `zhitong check` (see [`super::checks`]), stopping at the first failure with its line.
 
-use super::{Bdf, Sysfs};
+use std::sync::Mutex;
 
-/// Drivers a non-passed-through member of a device's IOMMU group may have without making the
-/// group unusable (what the kernel's VFIO group viability check accepts for endpoints).
-const VIABLE_DRIVERS: [&str; 2] = ["vfio-pci", "pci-stub"];
+use devices::pci::allocator::PciWindows;
 
+use super::checks::{self, device_chain, duplicate_device};
+use super::{Bdf, Finding, Host, Status, Sysfs};
+
+/// A failed check: its finding prints as "cause; fix".
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PreflightError {
-    #[error(
-        "no PCI device {0} on this host; list them with 'lspci -D' and pass one with --device"
-    )]
-    NoDevice(Bdf),
-    #[error("{bdf} is bound to {driver}, not vfio-pci; bind it: echo vfio-pci > /sys/bus/pci/devices/{bdf}/driver_override; echo {bdf} > /sys/bus/pci/devices/{bdf}/driver/unbind; echo {bdf} > /sys/bus/pci/drivers_probe")]
-    NotVfio { bdf: Bdf, driver: String },
-    #[error("{bdf} has no driver; bind it to vfio-pci: echo vfio-pci > /sys/bus/pci/devices/{bdf}/driver_override; echo {bdf} > /sys/bus/pci/drivers_probe")]
-    Unbound { bdf: Bdf },
-    #[error("{0} has no IOMMU group: the host IOMMU is off; boot the host with intel_iommu=on (Intel) or amd_iommu=on (AMD) and iommu=pt")]
-    NoIommu(Bdf),
-    #[error("IOMMU group {group} of {bdf} cannot be handed over: its member {member} is bound to {driver}; bind {member} to vfio-pci too (it stays with the host, unused) or pass it with --device {member}")]
-    GroupNotViable {
-        bdf: Bdf,
-        group: u32,
-        member: Bdf,
-        driver: String,
-    },
-    #[error("{0} is given twice with --device; pass each device once")]
-    Duplicate(Bdf),
-}
+#[error("{0}")]
+pub struct PreflightError(pub Finding);
 
 /// A device that passed the checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,97 +20,71 @@ pub struct CheckedDevice {
     pub group: u32,
 }
 
-/// Check every device: it exists, it is bound to vfio-pci, the host IOMMU put it in a group,
-/// and every other endpoint of that group is bound to a VFIO-compatible driver or to none.
+fn first_failure(findings: impl IntoIterator<Item = Finding>) -> Result<(), PreflightError> {
+    // A run checks twice (when the VM is made and before devices open): warn once.
+    static WARNED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    for f in findings {
+        match f.status {
+            Status::Fail => return Err(PreflightError(f)),
+            Status::Warn => {
+                let line = f.to_string();
+                let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+                if !warned.contains(&line) {
+                    log::warn!("{line}");
+                    warned.push(line);
+                }
+            }
+            Status::Ok => log::debug!("{f}"),
+        }
+    }
+    Ok(())
+}
+
+/// Check every device: it exists, the host IOMMU put it in a group, it is bound to vfio-pci,
+/// every other endpoint of its group is bound to a VFIO-compatible driver or to none, and its
+/// /dev/vfio node opens; then that the VFIO backend is loaded and interrupts can be remapped
+/// (or unsafe interrupts are allowed). /dev and /proc are the siblings of the sysfs root.
 pub fn check_devices(sysfs: &Sysfs, devices: &[Bdf]) -> Result<Vec<CheckedDevice>, PreflightError> {
+    if devices.is_empty() {
+        return Ok(Vec::new());
+    }
+    let host = Host::for_sysfs(sysfs);
     for (i, bdf) in devices.iter().enumerate() {
         if devices[..i].contains(bdf) {
-            return Err(PreflightError::Duplicate(*bdf));
+            return Err(PreflightError(duplicate_device(*bdf)));
         }
     }
     let mut checked = Vec::with_capacity(devices.len());
     for &bdf in devices {
-        if !sysfs.exists(&bdf) {
-            return Err(PreflightError::NoDevice(bdf));
-        }
-        match sysfs.driver(&bdf) {
-            Some(d) if d == "vfio-pci" => {}
-            Some(driver) => return Err(PreflightError::NotVfio { bdf, driver }),
-            None => return Err(PreflightError::Unbound { bdf }),
-        }
-        let group = sysfs
-            .iommu_group(&bdf)
-            .ok_or(PreflightError::NoIommu(bdf))?;
-        for member in sysfs.group_members(group) {
-            if member == bdf || !sysfs.is_endpoint(&member) {
-                continue;
-            }
-            if let Some(driver) = sysfs.driver(&member) {
-                if !VIABLE_DRIVERS.contains(&driver.as_str()) {
-                    return Err(PreflightError::GroupNotViable {
-                        bdf,
-                        group,
-                        member,
-                        driver,
-                    });
-                }
-            }
-        }
+        first_failure(device_chain(&host, bdf))?;
+        let group = sysfs.iommu_group(&bdf).unwrap_or_default();
         checked.push(CheckedDevice { bdf, group });
     }
+    first_failure([
+        checks::vfio_modules(&host),
+        checks::interrupt_remapping(&host),
+    ])?;
     Ok(checked)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::host::sysfs::fake::FakeSysfs;
-
-    fn bdf(s: &str) -> Bdf {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn bound_device_in_a_clean_group_passes() {
-        let fake = FakeSysfs::new("ok");
-        fake.device("0000:01:00.0", Some("vfio-pci"), Some(3), 0x80);
-        fake.device("0000:01:00.1", Some("vfio-pci"), Some(3), 0);
-        fake.device("0000:00:01.0", Some("pcieport"), Some(3), 1); // bridge: fine
-        fake.device("0000:01:00.2", None, Some(3), 0); // unbound: fine
-        let got = check_devices(&fake.sysfs(), &[bdf("01:00.0")]).unwrap();
-        assert_eq!(
-            got,
-            vec![CheckedDevice {
-                bdf: bdf("01:00.0"),
-                group: 3
-            }]
-        );
-    }
-
-    #[test]
-    fn each_failure_names_cause_and_fix() {
-        let fake = FakeSysfs::new("fail");
-        fake.device("0000:01:00.0", Some("nvidia"), Some(3), 0);
-        fake.device("0000:02:00.0", None, Some(4), 0);
-        fake.device("0000:03:00.0", Some("vfio-pci"), None, 0);
-        fake.device("0000:04:00.0", Some("vfio-pci"), Some(5), 0x80);
-        fake.device("0000:04:00.1", Some("snd_hda_intel"), Some(5), 0);
-        let sys = fake.sysfs();
-        let cases = [
-            ("0000:09:00.0", "lspci"),
-            ("0000:01:00.0", "bound to nvidia"),
-            ("0000:02:00.0", "drivers_probe"),
-            ("0000:03:00.0", "intel_iommu=on"),
-            ("0000:04:00.0", "0000:04:00.1 is bound to snd_hda_intel"),
-        ];
-        for (dev, needle) in cases {
-            let msg = check_devices(&sys, &[bdf(dev)]).unwrap_err().to_string();
-            assert!(msg.contains(needle), "{dev}: {msg}");
-            assert!(!msg.contains('\n'));
-        }
-        let msg = check_devices(&sys, &[bdf("03:00.0"), bdf("0000:03:00.0")])
-            .unwrap_err()
-            .to_string();
-        assert!(msg.contains("twice"), "{msg}");
-    }
+/// The checks that need the guest's size: RLIMIT_MEMLOCK covers `memory` bytes of RAM, and
+/// the devices' BARs fit `windows` (the ones the VM built).
+pub fn check_guest_fits(
+    sysfs: &Sysfs,
+    devices: &[Bdf],
+    memory: u64,
+    windows: &PciWindows,
+) -> Result<(), PreflightError> {
+    let host = Host::for_sysfs(sysfs);
+    // The window reaches to the top of the guest's physical address space.
+    let phys_bits = windows.mmio64.map_or(host.phys_bits, |w| {
+        (w.start + w.size).trailing_zeros() as u8
+    });
+    first_failure(
+        std::iter::once(checks::memlock(&host, memory))
+            .chain(checks::bars(sysfs, devices, windows, memory, phys_bits)),
+    )
 }
+
+#[cfg(test)]
+mod tests;

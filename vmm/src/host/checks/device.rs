@@ -1,0 +1,256 @@
+//! Per-device checks: the device exists, sits in an IOMMU group, is bound to vfio-pci, its
+//! group is viable and its /dev/vfio node opens; and the BARs of all devices fit the guest.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+
+use devices::pci::allocator::{AllocError, BarAllocator, PciWindows};
+use devices::pci::{Bar, BarKind, ROM_BAR_INDEX};
+
+use crate::config::format_size;
+use crate::host::pci_class::{approx_size, short_size};
+use crate::host::sysfs::Resource;
+use crate::host::{Bdf, Finding, Host, Sysfs};
+
+use super::iommu_fix;
+
+/// Drivers a non-passed-through member of a device's IOMMU group may have without making the
+/// group unusable (what the kernel's VFIO group viability check accepts for endpoints).
+pub const VIABLE_DRIVERS: [&str; 2] = ["vfio-pci", "pci-stub"];
+
+pub fn duplicate_device(bdf: Bdf) -> Finding {
+    Finding::fail(
+        "device",
+        format!("{bdf} is given twice with --device"),
+        "pass each device once",
+    )
+    .on(bdf)
+}
+
+/// The checks of one device, in order; the chain stops at the first failure (the later
+/// checks depend on it). The last finding carries the device's IOMMU group when it passed.
+pub fn device_chain(host: &Host, bdf: Bdf) -> Vec<Finding> {
+    let sys = &host.sysfs;
+    let mut out = Vec::new();
+    let mut push = |f: Finding| {
+        let failed = f.is_fail();
+        out.push(f.on(bdf));
+        !failed
+    };
+    if !sys.exists(&bdf) {
+        push(Finding::fail(
+            "device",
+            format!("no PCI device {bdf} on this host"),
+            "list them with 'zhitong devices' and pass one of those",
+        ));
+        return out;
+    }
+    if !sys.is_endpoint(&bdf) || sys.is_bridge_class(&bdf) {
+        push(Finding::fail(
+            "device",
+            format!("{bdf} is a bridge, not a device that can be passed through"),
+            "pass the devices behind it instead (see 'zhitong devices')",
+        ));
+        return out;
+    }
+    let Some(group) = sys.iommu_group(&bdf) else {
+        push(Finding::fail(
+            "iommu-group",
+            format!("{bdf} has no IOMMU group: the host IOMMU is off"),
+            iommu_fix(host),
+        ));
+        return out;
+    };
+    let bound = match sys.driver(&bdf) {
+        Some(d) if d == "vfio-pci" => Finding::ok("driver", format!("{bdf} is bound to vfio-pci")),
+        Some(d) => Finding::fail(
+            "driver",
+            format!("{bdf} is bound to {d}, not vfio-pci"),
+            format!("hand it (and its IOMMU group) to vfio-pci: zhitong bind {bdf}"),
+        ),
+        None => Finding::fail(
+            "driver",
+            format!("{bdf} has no driver, VFIO needs it bound to vfio-pci"),
+            format!("hand it (and its IOMMU group) to vfio-pci: zhitong bind {bdf}"),
+        ),
+    };
+    if !push(bound) {
+        return out;
+    }
+    let members = sys.group_members(group);
+    let held = members.iter().find_map(|&m| {
+        let driver = sys.driver(&m)?;
+        (m != bdf && sys.is_endpoint(&m) && !VIABLE_DRIVERS.contains(&driver.as_str()))
+            .then_some((m, driver))
+    });
+    let viable = match held {
+        Some((member, driver)) => Finding::fail(
+            "group-viable",
+            format!("IOMMU group {group} of {bdf} also holds {member}, which is bound to {driver}"),
+            format!("hand the whole group to vfio-pci: zhitong bind {bdf} (and pass {member} with --device too if the guest should have it)"),
+        ),
+        None => {
+            let list: Vec<String> = members.iter().map(Bdf::to_string).collect();
+            Finding::ok(
+                "group-viable",
+                format!("IOMMU group {group} is viable ({})", list.join(", ")),
+            )
+        }
+    };
+    if !push(viable) {
+        return out;
+    }
+    let node = host.dev_path(format!("vfio/{group}"));
+    // Opening the group node claims it (a second opener gets EBUSY); close at once.
+    let opened = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&node);
+    push(match opened {
+        Ok(_) => Finding::ok(
+            "group-node",
+            format!("{} opens (the group is free)", node.display()),
+        ),
+        Err(e) => vfio_group_open_failed(group, e.raw_os_error().unwrap_or(libc::EIO), Some(bdf)),
+    });
+    out
+}
+
+/// Why /dev/vfio/GROUP did not open, and the fix; `zhitong run` says the same when its own
+/// open fails.
+pub fn vfio_group_open_failed(group: u32, errno: i32, bdf: Option<Bdf>) -> Finding {
+    let node = format!("/dev/vfio/{group}");
+    let bind = match bdf {
+        Some(b) => format!("zhitong bind {b}"),
+        None => "zhitong bind BDF".to_owned(),
+    };
+    match errno {
+        libc::EBUSY => Finding::fail(
+            "group-node",
+            format!("{node} is busy: another process (another VM?) holds IOMMU group {group}"),
+            format!("stop it first ('fuser -v {node}' names it)"),
+        ),
+        libc::EACCES | libc::EPERM => Finding::fail(
+            "group-node",
+            format!("no permission to open {node}"),
+            format!("run as root, or give this user the node: chown USER {node} (a udev rule makes it stick)"),
+        ),
+        libc::ENOENT => Finding::fail(
+            "group-node",
+            format!("{node} does not exist: no device of IOMMU group {group} is bound to vfio-pci"),
+            format!("load vfio-pci and bind the group: {bind}"),
+        ),
+        _ => Finding::fail(
+            "group-node",
+            format!(
+                "cannot open {node}: {}",
+                std::io::Error::from_raw_os_error(errno)
+            ),
+            format!("check that the group is bound to vfio-pci ({bind}) and not used elsewhere"),
+        ),
+    }
+}
+
+fn bar_name(index: u8) -> String {
+    if index == ROM_BAR_INDEX {
+        "the ROM BAR".to_owned()
+    } else {
+        format!("BAR {index}")
+    }
+}
+
+/// A device's BARs as the allocator sees them.
+pub fn bars_of(resources: &[Resource]) -> Vec<Bar> {
+    resources
+        .iter()
+        .map(|r| Bar {
+            index: r.index,
+            kind: match (r.index, r.io, r.mem64) {
+                (ROM_BAR_INDEX, _, _) => BarKind::Rom,
+                (_, true, _) => BarKind::Io,
+                (_, _, true) => BarKind::Mem64,
+                _ => BarKind::Mem32,
+            },
+            prefetchable: r.prefetchable,
+            size: r.size.next_power_of_two(),
+            addr: 0,
+            decoding: false,
+        })
+        .collect()
+}
+
+/// Whether every BAR of `devices` (from sysfs `resource`) gets an address in the guest's
+/// `windows`, allocated exactly as `zhitong run` does; one finding per device.
+pub fn bars(
+    sysfs: &Sysfs,
+    devices: &[Bdf],
+    windows: &PciWindows,
+    memory: u64,
+    phys_bits: u8,
+) -> Vec<Finding> {
+    let mut alloc = match BarAllocator::new(*windows) {
+        Ok(a) => a,
+        Err(e) => {
+            return vec![Finding::fail(
+                "bars",
+                format!("the guest's BAR windows are unusable: {e}"),
+                "report this as a zhitong bug",
+            )]
+        }
+    };
+    let window64 = match windows.mmio64 {
+        Some(w) => format!(
+            "the 64-bit window is {} ({phys_bits} physical address bits, {} of RAM)",
+            approx_size(w.size),
+            format_size(memory)
+        ),
+        None => format!(
+            "no 64-bit window ({phys_bits} physical address bits leave none above {} of RAM)",
+            format_size(memory)
+        ),
+    };
+    devices
+        .iter()
+        .map(|&bdf| {
+            let bars = bars_of(&sysfs.resources(&bdf));
+            let finding = match alloc.allocate_device_bars(&bars) {
+                Ok(_) => {
+                    let big: Vec<String> = bars
+                        .iter()
+                        .filter(|b| b.kind == BarKind::Mem64)
+                        .map(|b| short_size(b.size))
+                        .collect();
+                    let what = if big.is_empty() {
+                        "no 64-bit BARs".to_owned()
+                    } else {
+                        format!("64-bit BARs {}", big.join(", "))
+                    };
+                    Finding::ok(
+                        "bars",
+                        format!("the BARs of {bdf} fit the guest: {what}; {window64}"),
+                    )
+                }
+                Err(AllocError::NoSpace { bar, size, window, .. }) => Finding::fail(
+                    "bars",
+                    format!(
+                        "{} of {bdf} ({size}) does not fit the guest's {} BAR window: {window64}",
+                        bar_name(bar.0),
+                        if window == "64-bit MMIO" { "64-bit or 32-bit" } else { window }
+                    ),
+                    if window == "64-bit MMIO" {
+                        "run on a host CPU with more physical address bits, pass fewer devices, or shrink the BAR (Resizable BAR off in the host firmware)"
+                    } else {
+                        "pass fewer devices"
+                    },
+                ),
+                Err(e) => Finding::fail(
+                    "bars",
+                    format!("{bdf}: {e}"),
+                    "check the device's BARs with 'lspci -vv -s BDF'",
+                ),
+            };
+            finding.on(bdf)
+        })
+        .collect()
+}

@@ -1,0 +1,68 @@
+//! The host checks behind `zhitong check` and the preflight of `zhitong run`. Each check
+//! returns [`Finding`]s whose text is the only place a message is written: `check` prints
+//! them, `run` stops on the first failing one with the same line.
+//!
+//! Every path comes from a [`Host`] (sysfs, /dev, /proc roots), so the checks run against
+//! fake trees in unit tests.
+
+mod device;
+mod host;
+
+pub use device::{bars, device_chain, duplicate_device, vfio_group_open_failed, VIABLE_DRIVERS};
+pub use host::{
+    interrupt_remapping, iommu, iommu_fix, kvm, kvm_open_failed, memlock, vfio_modules,
+};
+
+use super::{Bdf, Finding, Host, Status};
+
+/// Everything `zhitong check` looks at: the host, then each device (in the order given),
+/// then whether the devices' BARs fit the guest's windows with `memory` bytes of RAM.
+pub fn check_all(host: &Host, devices: &[Bdf], memory: u64) -> Vec<Finding> {
+    let mut findings = vec![
+        kvm(host),
+        iommu(host),
+        vfio_modules(host),
+        interrupt_remapping(host),
+        memlock(host, memory),
+    ];
+    let mut seen = Vec::new();
+    let mut present = Vec::new();
+    for &bdf in devices {
+        if seen.contains(&bdf) {
+            continue;
+        }
+        seen.push(bdf);
+        let chain = device_chain(host, bdf);
+        if chain
+            .first()
+            .is_some_and(|f| f.check != "device" || !f.is_fail())
+        {
+            present.push(bdf);
+        }
+        // Two functions of one group: say what holds for the group once.
+        for f in chain {
+            let said = findings
+                .iter()
+                .any(|o| o.check == f.check && o.message == f.message);
+            if !said {
+                findings.push(f);
+            }
+        }
+    }
+    findings.extend(bars(
+        &host.sysfs,
+        &present,
+        &crate::pci::windows(memory, host.phys_bits),
+        memory,
+        host.phys_bits,
+    ));
+    findings
+}
+
+/// Ready when nothing failed.
+pub fn ready(findings: &[Finding]) -> bool {
+    !findings.iter().any(|f| f.status == Status::Fail)
+}
+
+#[cfg(test)]
+mod tests;
