@@ -6,6 +6,7 @@ pub mod bdf;
 pub mod checks;
 pub mod cpu;
 pub mod finding;
+pub mod inventory;
 pub mod json;
 pub mod pci_class;
 pub mod preflight;

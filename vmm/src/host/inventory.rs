@@ -1,0 +1,333 @@
+//! `zhitong devices`: every PCI device with its ids, class, driver, IOMMU group, BARs, and
+//! whether it can be passed through as it is.
+
+use super::checks::VIABLE_DRIVERS;
+use super::json::{self, JsonObject};
+use super::pci_class::{class_name, short_size};
+use super::sysfs::Resource;
+use super::{Bdf, Sysfs};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    pub bdf: Bdf,
+    pub vendor: Option<u16>,
+    pub device: Option<u16>,
+    pub class: Option<u32>,
+    pub driver: Option<String>,
+    pub iommu_group: Option<u32>,
+    /// Every device of the IOMMU group, this one included.
+    pub group_members: Vec<Bdf>,
+    pub bars: Vec<Resource>,
+    pub endpoint: bool,
+    /// None when it can be passed through now; otherwise why not, in a few words.
+    pub not_ready: Option<String>,
+}
+
+impl DeviceInfo {
+    pub fn ids(&self) -> String {
+        let hex = |v: Option<u16>| v.map_or("????".to_owned(), |v| format!("{v:04x}"));
+        format!("{}:{}", hex(self.vendor), hex(self.device))
+    }
+
+    pub fn class_name(&self) -> String {
+        self.class.map_or("unknown".to_owned(), class_name)
+    }
+
+    /// "16M 256M(64) 32M(64) io:128 rom:512K".
+    pub fn bars_text(&self) -> String {
+        let text: Vec<String> = self
+            .bars
+            .iter()
+            .map(|b| match (b.index, b.io, b.mem64) {
+                (6, _, _) => format!("rom:{}", short_size(b.size)),
+                (_, true, _) => format!("io:{}", short_size(b.size)),
+                (_, _, true) => format!("{}(64)", short_size(b.size)),
+                _ => short_size(b.size),
+            })
+            .collect();
+        if text.is_empty() {
+            "-".to_owned()
+        } else {
+            text.join(" ")
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        let bars = json::array(self.bars.iter().map(|b| {
+            let mut o = JsonObject::new();
+            o.num("index", b.index)
+                .str(
+                    "kind",
+                    match (b.index, b.io, b.mem64) {
+                        (6, _, _) => "rom",
+                        (_, true, _) => "io",
+                        (_, _, true) => "mem64",
+                        _ => "mem32",
+                    },
+                )
+                .bool("prefetchable", b.prefetchable)
+                .num("size", b.size);
+            o.finish()
+        }));
+        let members = json::array(
+            self.group_members
+                .iter()
+                .map(|m| json::string(&m.to_string())),
+        );
+        let mut o = JsonObject::new();
+        o.str("bdf", &self.bdf.to_string())
+            .opt_str("vendor", self.vendor.map(|v| format!("{v:04x}")).as_deref())
+            .opt_str("device", self.device.map(|v| format!("{v:04x}")).as_deref())
+            .opt_str("class", self.class.map(|c| format!("{c:06x}")).as_deref())
+            .str("class_name", &self.class_name())
+            .opt_str("driver", self.driver.as_deref())
+            .opt_num("iommu_group", self.iommu_group.map(u64::from))
+            .raw("group_members", members)
+            .raw("bars", bars)
+            .bool("ready", self.not_ready.is_none())
+            .opt_str("not_ready", self.not_ready.as_deref());
+        o.finish()
+    }
+}
+
+/// One device as sysfs shows it.
+pub fn device_info(sys: &Sysfs, bdf: Bdf) -> DeviceInfo {
+    let id = |name| sys.hex_attr(&bdf, name).and_then(|v| u16::try_from(v).ok());
+    let iommu_group = sys.iommu_group(&bdf);
+    let group_members = iommu_group
+        .map(|g| sys.group_members(g))
+        .unwrap_or_default();
+    let driver = sys.driver(&bdf);
+    let endpoint = sys.is_endpoint(&bdf);
+    let not_ready = readiness(
+        sys,
+        bdf,
+        endpoint,
+        iommu_group,
+        driver.as_deref(),
+        &group_members,
+    );
+    DeviceInfo {
+        bdf,
+        vendor: id("vendor"),
+        device: id("device"),
+        class: sys.hex_attr(&bdf, "class"),
+        driver,
+        iommu_group,
+        group_members,
+        bars: sys.resources(&bdf),
+        endpoint,
+        not_ready,
+    }
+}
+
+fn readiness(
+    sys: &Sysfs,
+    bdf: Bdf,
+    endpoint: bool,
+    group: Option<u32>,
+    driver: Option<&str>,
+    members: &[Bdf],
+) -> Option<String> {
+    if !endpoint || sys.is_bridge_class(&bdf) {
+        return Some("a bridge, stays with the host".into());
+    }
+    if group.is_none() {
+        return Some("no IOMMU group: the IOMMU is off".into());
+    }
+    match driver {
+        Some("vfio-pci") => {}
+        Some(d) => return Some(format!("bound to {d}: zhitong bind {bdf}")),
+        None => return Some(format!("no driver: zhitong bind {bdf}")),
+    }
+    members.iter().find_map(|&m| {
+        let d = sys.driver(&m)?;
+        (m != bdf && sys.is_endpoint(&m) && !VIABLE_DRIVERS.contains(&d.as_str()))
+            .then(|| format!("group member {m} is on {d}: zhitong bind {bdf}"))
+    })
+}
+
+/// Every PCI device of the host, sorted by address.
+pub fn inventory(sys: &Sysfs) -> Vec<DeviceInfo> {
+    sys.devices()
+        .into_iter()
+        .map(|b| device_info(sys, b))
+        .collect()
+}
+
+/// The human listing: a table, then the IOMMU groups that hold more than one device.
+pub fn render_table(devices: &[DeviceInfo]) -> String {
+    let rows: Vec<[String; 7]> = devices
+        .iter()
+        .map(|d| {
+            [
+                d.bdf.to_string(),
+                d.ids(),
+                d.class_name(),
+                d.driver.clone().unwrap_or_else(|| "-".into()),
+                d.iommu_group.map_or("-".into(), |g| g.to_string()),
+                d.bars_text(),
+                match &d.not_ready {
+                    None => "ready".to_owned(),
+                    Some(why) => format!("no: {why}"),
+                },
+            ]
+        })
+        .collect();
+    let header = [
+        "BDF",
+        "ID",
+        "CLASS",
+        "DRIVER",
+        "GROUP",
+        "BARS",
+        "PASSTHROUGH",
+    ]
+    .map(String::from);
+    let mut widths = [0usize; 7];
+    for row in std::iter::once(&header).chain(&rows) {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .enumerate()
+            .map(|(i, (c, w))| {
+                if i == 6 {
+                    c.clone()
+                } else {
+                    format!("{c:<w$}")
+                }
+            })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    let mut shared: Vec<(u32, &[Bdf])> = devices
+        .iter()
+        .filter(|d| d.group_members.len() > 1)
+        .filter_map(|d| Some((d.iommu_group?, d.group_members.as_slice())))
+        .collect();
+    shared.sort_by_key(|(g, _)| *g);
+    shared.dedup_by_key(|(g, _)| *g);
+    if devices.is_empty() {
+        out.push_str("no PCI devices under /sys/bus/pci/devices\n");
+    } else if devices.iter().all(|d| d.iommu_group.is_none()) {
+        out.push_str(
+            "no IOMMU groups: the host IOMMU is off ('zhitong check' says how to turn it on)\n",
+        );
+    }
+    for (group, members) in shared {
+        let list: Vec<String> = members.iter().map(Bdf::to_string).collect();
+        out.push_str(&format!(
+            "IOMMU group {group} holds {}: zhitong bind moves its devices to vfio-pci together (bridges stay)\n",
+            list.join(" ")
+        ));
+    }
+    out
+}
+
+pub fn render_json(devices: &[DeviceInfo]) -> String {
+    json::array(devices.iter().map(DeviceInfo::to_json))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::sysfs::fake::FakeSysfs;
+
+    #[test]
+    fn table_and_json() {
+        let fake = FakeSysfs::new("inventory");
+        fake.device("0000:00:00.0", None, Some(0), 0);
+        fake.ids("0000:00:00.0", 0x8086, 0x4660, 0x060000);
+        fake.device("0000:00:01.0", Some("pcieport"), Some(1), 1);
+        fake.ids("0000:00:01.0", 0x8086, 0x460d, 0x060400);
+        fake.device("0000:01:00.0", Some("vfio-pci"), Some(1), 0x80);
+        fake.ids("0000:01:00.0", 0x10de, 0x2684, 0x030000);
+        fake.bars(
+            "0000:01:00.0",
+            &[
+                (0, 16 << 20, false, false, false),
+                (1, 32 << 30, false, true, true),
+                (5, 128, true, false, false),
+                (6, 512 << 10, false, false, false),
+            ],
+        );
+        fake.device("0000:01:00.1", Some("snd_hda_intel"), Some(1), 0);
+        fake.ids("0000:01:00.1", 0x10de, 0x22ba, 0x040300);
+        fake.device("0000:02:00.0", Some("nvme"), Some(2), 0);
+        fake.ids("0000:02:00.0", 0x144d, 0xa808, 0x010802);
+        fake.device("0000:03:00.0", None, Some(3), 0);
+        fake.ids("0000:03:00.0", 0x8086, 0x15f3, 0x020000);
+        let devices = inventory(&fake.sysfs());
+        let table = render_table(&devices);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[0].starts_with("BDF           ID         CLASS"),
+            "{table}"
+        );
+        let row = |bdf: &str| *lines.iter().find(|l| l.starts_with(bdf)).unwrap();
+        assert!(
+            row("0000:00:00.0").ends_with("no: a bridge, stays with the host"),
+            "{table}"
+        );
+        assert!(
+            row("0000:01:00.0").contains("16M 32G(64) io:128 rom:512K"),
+            "{table}"
+        );
+        assert!(
+            row("0000:01:00.0").ends_with(
+                "no: group member 0000:01:00.1 is on snd_hda_intel: zhitong bind 0000:01:00.0"
+            ),
+            "{table}"
+        );
+        assert!(
+            row("0000:02:00.0").ends_with("no: bound to nvme: zhitong bind 0000:02:00.0"),
+            "{table}"
+        );
+        assert!(
+            row("0000:03:00.0").ends_with("no: no driver: zhitong bind 0000:03:00.0"),
+            "{table}"
+        );
+        assert!(
+            table.contains("IOMMU group 1 holds 0000:00:01.0 0000:01:00.0 0000:01:00.1: zhitong bind moves its devices to vfio-pci together (bridges stay)"),
+            "{table}"
+        );
+
+        let json = render_json(&devices);
+        assert!(json.starts_with("[{\"bdf\":\"0000:00:00.0\""), "{json}");
+        assert!(json.contains(
+            "\"bdf\":\"0000:01:00.0\",\"vendor\":\"10de\",\"device\":\"2684\",\"class\":\"030000\",\"class_name\":\"GPU\",\"driver\":\"vfio-pci\",\"iommu_group\":1,\"group_members\":[\"0000:00:01.0\",\"0000:01:00.0\",\"0000:01:00.1\"]"
+        ), "{json}");
+        assert!(
+            json.contains(
+                "{\"index\":1,\"kind\":\"mem64\",\"prefetchable\":true,\"size\":34359738368}"
+            ),
+            "{json}"
+        );
+
+        // Once the audio function is on vfio-pci too, the GPU is ready.
+        std::fs::remove_file(fake.dir.join("sys/bus/pci/devices/0000:01:00.1/driver")).unwrap();
+        let gpu = device_info(&fake.sysfs(), "01:00.0".parse().unwrap());
+        assert_eq!(gpu.not_ready, None);
+    }
+
+    #[test]
+    fn without_iommu() {
+        let fake = FakeSysfs::new("inventory-off");
+        fake.device("0000:00:03.0", Some("virtio-pci"), None, 0);
+        let table = render_table(&inventory(&fake.sysfs()));
+        assert!(
+            table.contains("no: no IOMMU group: the IOMMU is off"),
+            "{table}"
+        );
+        assert!(table.contains(
+            "no IOMMU groups: the host IOMMU is off ('zhitong check' says how to turn it on)"
+        ));
+    }
+}
