@@ -3,6 +3,7 @@
 //! preflight of `zhitong run`), and handing devices to vfio-pci and back (`zhitong bind`).
 
 pub mod bdf;
+pub mod bind;
 pub mod checks;
 pub mod cpu;
 pub mod finding;
@@ -10,6 +11,7 @@ pub mod inventory;
 pub mod json;
 pub mod pci_class;
 pub mod preflight;
+pub mod state;
 pub mod sysfs;
 
 use std::path::{Path, PathBuf};

@@ -1,11 +1,14 @@
-//! A fake host for tests: sysfs, /dev, /proc and /run under a temporary directory.
+//! A fake host for tests: sysfs, /dev, /proc and /run under a temporary directory, and a
+//! [`FakeKernel`] that does what the kernel does when `zhitong bind` writes sysfs files.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fs;
+use std::io;
 use std::os::unix::fs::symlink;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use super::super::bind::HostWriter;
 use super::super::Host;
 use super::{resource_flags, Sysfs};
 
@@ -192,10 +195,143 @@ impl FakeSysfs {
             }
         }
     }
+
+    fn detach(&self, bdf: &str) {
+        let _ = fs::remove_file(self.dev_dir(bdf).join("driver"));
+    }
+
+    fn override_of(&self, bdf: &str) -> Option<String> {
+        fs::read_to_string(self.dev_dir(bdf).join("driver_override"))
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty() && s != "(null)")
+    }
 }
 
 impl Drop for FakeSysfs {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Records every write and modprobe, and does to the fake tree what the kernel would.
+pub struct FakeKernel<'a> {
+    pub fake: &'a FakeSysfs,
+    /// (path relative to the sysfs root, value) in order.
+    pub writes: Vec<(String, String)>,
+    pub modprobes: Vec<String>,
+    /// Whether `modprobe vfio-pci` makes the driver appear.
+    pub has_vfio_module: bool,
+    /// Drivers that refuse to bind (drivers_probe leaves the device unbound).
+    pub refuse: Vec<String>,
+}
+
+impl<'a> FakeKernel<'a> {
+    pub fn new(fake: &'a FakeSysfs) -> Self {
+        Self {
+            fake,
+            writes: Vec::new(),
+            modprobes: Vec::new(),
+            has_vfio_module: true,
+            refuse: Vec::new(),
+        }
+    }
+
+    /// The writes as "path <- value" lines.
+    pub fn log(&self) -> Vec<String> {
+        self.writes
+            .iter()
+            .map(|(p, v)| format!("{p} <- {}", v.trim()))
+            .collect()
+    }
+
+    fn bind_to(&self, bdf: &str, driver: &str) -> io::Result<()> {
+        if self.refuse.iter().any(|d| d == driver) {
+            return Err(io::Error::from_raw_os_error(libc::ENODEV));
+        }
+        self.fake.attach(bdf, driver);
+        Ok(())
+    }
+}
+
+impl HostWriter for FakeKernel<'_> {
+    fn write(&mut self, path: &Path, value: &str) -> io::Result<()> {
+        let rel = path
+            .strip_prefix(self.fake.dir.join("sys"))
+            .map_err(|_| {
+                io::Error::other(format!("write outside the fake sysfs: {}", path.display()))
+            })?
+            .to_string_lossy()
+            .into_owned();
+        self.writes.push((rel.clone(), value.to_owned()));
+        let bdf = value.trim();
+        let parts: Vec<&str> = rel.split('/').collect();
+        match parts.as_slice() {
+            ["bus", "pci", "devices", dev, "driver_override"] => {
+                let v = value.trim();
+                let v = if v.is_empty() { "(null)" } else { v };
+                fs::write(
+                    self.fake.dev_dir(dev).join("driver_override"),
+                    format!("{v}\n"),
+                )
+            }
+            ["bus", "pci", "devices", dev, "driver", "unbind"] => {
+                if *dev != bdf || !self.fake.dev_dir(dev).join("driver").exists() {
+                    return Err(io::Error::from_raw_os_error(libc::ENODEV));
+                }
+                self.fake.detach(bdf);
+                Ok(())
+            }
+            ["bus", "pci", "drivers", _, "unbind"] => {
+                self.fake.detach(bdf);
+                Ok(())
+            }
+            ["bus", "pci", "drivers", driver, "bind"] => {
+                if self.fake.override_of(bdf).is_some_and(|o| o != *driver) {
+                    return Err(io::Error::from_raw_os_error(libc::ENODEV));
+                }
+                self.bind_to(bdf, driver)
+            }
+            ["bus", "pci", "drivers_probe"] => {
+                if self.fake.dev_dir(bdf).join("driver").exists() {
+                    return Ok(());
+                }
+                let target = self
+                    .fake
+                    .override_of(bdf)
+                    .or_else(|| self.fake.native.borrow().get(bdf).cloned());
+                if let Some(driver) = target {
+                    if self
+                        .fake
+                        .dir
+                        .join("sys/bus/pci/drivers")
+                        .join(&driver)
+                        .exists()
+                    {
+                        let _ = self.bind_to(bdf, &driver);
+                    }
+                }
+                Ok(())
+            }
+            _ => Err(io::Error::other(format!("the fake kernel has no {rel}"))),
+        }
+    }
+
+    fn modprobe(&mut self, module: &str) -> io::Result<()> {
+        self.modprobes.push(module.to_owned());
+        match module {
+            "vfio-pci" if self.has_vfio_module => {
+                self.fake.module("vfio_pci");
+                self.fake.driver("vfio-pci");
+                Ok(())
+            }
+            "vfio_iommu_type1" if self.has_vfio_module => {
+                self.fake.module("vfio_iommu_type1");
+                Ok(())
+            }
+            _ => Err(io::Error::other(format!(
+                "modprobe: FATAL: Module {module} not found"
+            ))),
+        }
     }
 }
