@@ -24,6 +24,52 @@ pub struct Cli {
 pub enum Command {
     /// Boot a Linux guest; its serial console is this terminal.
     Run(RunArgs),
+    /// List the host's PCI devices: ids, class, driver, IOMMU group, BARs, passthrough readiness.
+    Devices(DevicesArgs),
+    /// Check that this host can pass devices through; each problem comes with its fix.
+    /// Exit 0 when ready, 1 when not.
+    Check(CheckArgs),
+    /// Hand a device and every endpoint of its IOMMU group to vfio-pci (remembering their drivers).
+    Bind(BindArgs),
+    /// Give a device's IOMMU group back to the drivers it had before 'zhitong bind'.
+    Unbind(UnbindArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DevicesArgs {
+    /// One JSON array instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// A device to pass through (repeatable): 0000:01:00.0, 01:00.0 or its sysfs path.
+    #[arg(long = "device", value_name = "PATH|BDF", value_parser = parse_device_arg)]
+    pub devices: Vec<Bdf>,
+    /// The guest RAM the run will have (pinned for DMA; decides where BARs go).
+    #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_size_arg)]
+    pub memory: u64,
+    /// One JSON object ({"ready": bool, "findings": [...]}) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BindArgs {
+    /// The device: 0000:01:00.0, 01:00.0 or its sysfs path.
+    #[arg(value_name = "BDF", value_parser = parse_device_arg)]
+    pub bdf: Bdf,
+    /// Move group members even when a disk below them is mounted or in use.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UnbindArgs {
+    /// The device: 0000:01:00.0, 01:00.0 or its sysfs path.
+    #[arg(value_name = "BDF", value_parser = parse_device_arg)]
+    pub bdf: Bdf,
 }
 
 #[derive(Debug, Args)]
@@ -110,6 +156,8 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     use clap::error::ErrorKind;
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    let command = subcommand_name(&args);
     match Cli::try_parse_from(args) {
         Ok(cli) => Parsed::Run(cli),
         Err(e) => match e.kind() {
@@ -118,17 +166,29 @@ where
             }
             ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
                 Parsed::Usage(
-                    "no command given; use 'zhitong run --kernel PATH' (see 'zhitong --help')"
+                    "no command given; use 'zhitong run --kernel PATH', or devices, check, bind, unbind (see 'zhitong --help')"
                         .into(),
                 )
             }
-            _ => Parsed::Usage(one_line(&e.render().to_string())),
+            _ => Parsed::Usage(one_line(&e.render().to_string(), command)),
         },
     }
 }
 
+/// The subcommand the user typed, when it is one of ours (for pointing at its --help).
+fn subcommand_name(args: &[std::ffi::OsString]) -> &'static str {
+    let typed = args
+        .iter()
+        .skip(1)
+        .find_map(|a| a.to_str().filter(|a| !a.starts_with('-')));
+    ["run", "devices", "check", "bind", "unbind"]
+        .into_iter()
+        .find(|c| typed == Some(*c))
+        .unwrap_or("run")
+}
+
 /// Clap's message up to its first blank line, on one line, with where to look for usage.
-fn one_line(rendered: &str) -> String {
+fn one_line(rendered: &str, command: &str) -> String {
     let first: Vec<&str> = rendered
         .lines()
         .take_while(|l| !l.trim().is_empty())
@@ -136,7 +196,7 @@ fn one_line(rendered: &str) -> String {
         .collect();
     let text = first.join(" ");
     let text = text.strip_prefix("error: ").unwrap_or(&text);
-    format!("{text}; see 'zhitong run --help'")
+    format!("{text}; see 'zhitong {command} --help'")
 }
 
 #[cfg(test)]
@@ -161,7 +221,9 @@ mod tests {
         let Parsed::Run(cli) = run_args(&[]) else {
             panic!()
         };
-        let Command::Run(args) = cli.command;
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
         let cfg = args.to_config();
         assert_eq!(cfg.machine.vcpus, 1);
         assert_eq!(cfg.machine.memory_bytes, 512 << 20);
@@ -190,7 +252,9 @@ mod tests {
             "/sys/bus/pci/devices/0000:02:00.1",
         ]);
         let Parsed::Run(cli) = p else { panic!("{p:?}") };
-        let Command::Run(args) = cli.command;
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
         let cfg = args.to_config();
         assert_eq!(cfg.kernel.initramfs, Some(PathBuf::from("/i")));
         assert_eq!(cfg.kernel.cmdline, "console=ttyS0 quiet");
@@ -212,6 +276,70 @@ mod tests {
             (parse(["zhitong", "run"]), "--kernel"),
             (parse(["zhitong", "fly"]), "fly"),
             (parse(["zhitong"]), "zhitong run --kernel PATH"),
+        ];
+        for (parsed, needle) in cases {
+            let msg = usage(parsed);
+            assert!(!msg.contains('\n'), "not one line: {msg}");
+            assert!(msg.contains(needle), "{msg:?} lacks {needle:?}");
+        }
+    }
+
+    #[test]
+    fn host_commands() {
+        let Parsed::Run(cli) = parse(["zhitong", "devices", "--json"]) else {
+            panic!()
+        };
+        assert!(matches!(
+            cli.command,
+            Command::Devices(DevicesArgs { json: true })
+        ));
+        let Parsed::Run(cli) = parse([
+            "zhitong", "check", "--device", "01:00.0", "--device", "01:00.1", "--memory", "16G",
+        ]) else {
+            panic!()
+        };
+        let Command::Check(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(
+            (args.devices.len(), args.memory, args.json),
+            (2, 16 << 30, false)
+        );
+        let Parsed::Run(cli) = parse(["zhitong", "check"]) else {
+            panic!()
+        };
+        let Command::Check(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(args.memory, 512 << 20);
+        let Parsed::Run(cli) = parse(["zhitong", "bind", "/sys/bus/pci/devices/0000:01:00.0"])
+        else {
+            panic!()
+        };
+        let Command::Bind(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(
+            (args.bdf.to_string().as_str(), args.force),
+            ("0000:01:00.0", false)
+        );
+        assert!(matches!(
+            parse(["zhitong", "unbind", "01:00.0"]),
+            Parsed::Run(Cli {
+                command: Command::Unbind(_)
+            })
+        ));
+        let cases = [
+            (
+                parse(["zhitong", "check", "--memory", "lots"]),
+                "zhitong check --help",
+            ),
+            (parse(["zhitong", "bind"]), "zhitong bind --help"),
+            (parse(["zhitong", "unbind", "gpu0"]), "0000:01:00.0"),
+            (
+                parse(["zhitong", "devices", "--all"]),
+                "zhitong devices --help",
+            ),
         ];
         for (parsed, needle) in cases {
             let msg = usage(parsed);

@@ -1,7 +1,11 @@
 //! The `zhitong` command. Exit status: 0 when the guest powers off or reboots, 1 when the
-//! host or the guest fails, 2 for bad usage, 128+N when stopped by signal N.
+//! host or the guest fails, 2 for bad usage, 128+N when stopped by signal N. `devices`,
+//! `check`, `bind` and `unbind` exit 0 on success (check: ready), 1 otherwise, 2 for bad usage.
 
+mod bind;
+mod check;
 mod cli;
+mod devices;
 mod logger;
 mod signals;
 mod terminal;
@@ -28,6 +32,10 @@ fn main() {
         }
         Parsed::Run(parsed) => match parsed.command {
             Command::Run(args) => run(&args, start),
+            Command::Devices(args) => devices::main(&args),
+            Command::Check(args) => check::main(&args),
+            Command::Bind(args) => bind::bind_main(&args),
+            Command::Unbind(args) => bind::unbind_main(&args),
         },
     };
     std::process::exit(code);

@@ -1,0 +1,17 @@
+//! `zhitong devices [--json]`.
+
+use vmm::host::inventory::{inventory, render_json, render_table};
+use vmm::host::Host;
+
+use crate::cli::DevicesArgs;
+
+pub fn main(args: &DevicesArgs) -> i32 {
+    let host = Host::from_env();
+    let devices = inventory(&host.sysfs);
+    if args.json {
+        println!("{}", render_json(&devices));
+    } else {
+        print!("{}", render_table(&devices));
+    }
+    0
+}
