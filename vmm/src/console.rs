@@ -88,8 +88,16 @@ mod tests {
     fn file_output_appends() {
         let path = std::env::temp_dir().join(format!("zhitong-console-{}", std::process::id()));
         let _ = std::fs::remove_file(&path);
-        Console::file(&path).unwrap().output.write_all(b"a").unwrap();
-        Console::file(&path).unwrap().output.write_all(b"b").unwrap();
+        Console::file(&path)
+            .unwrap()
+            .output
+            .write_all(b"a")
+            .unwrap();
+        Console::file(&path)
+            .unwrap()
+            .output
+            .write_all(b"b")
+            .unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"ab");
         std::fs::remove_file(&path).unwrap();
     }

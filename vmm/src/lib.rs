@@ -22,9 +22,9 @@ mod vfio_devices;
 mod vm;
 
 pub use config::{KernelConfig, MachineConfig, VmConfig};
+pub use console::Console;
 pub use error::{Error, Result};
 pub use exit::VmExit;
 pub use handle::{ControlError, VmHandle, VmState};
 pub use timeline::{Milestone, Timeline};
-pub use console::Console;
 pub use vm::{Stopper, Vm};
