@@ -4,9 +4,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use vmm::config::ConfigError;
 use vmm::config::{parse_duration, parse_size, parse_vcpus};
 use vmm::host::Bdf;
-use vmm::{KernelConfig, MachineConfig, VmConfig};
+use vmm::VmConfig;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -74,36 +75,36 @@ pub struct UnbindArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// A VM configuration file (JSON, or TOML by its .toml extension); flags given
+    /// alongside override its values.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Guest kernel: an x86_64 bzImage (vmlinuz) or ELF vmlinux.
-    #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "config")]
+    pub kernel: Option<PathBuf>,
     /// Initramfs (cpio, optionally compressed) for the guest.
     #[arg(long, value_name = "PATH")]
     pub initramfs: Option<PathBuf>,
     /// Kernel command line; console=ttyS0 and the platform's parameters are added.
-    #[arg(
-        long,
-        value_name = "STR",
-        default_value = "",
-        allow_hyphen_values = true
-    )]
-    pub cmdline: String,
-    /// Number of vCPUs.
-    #[arg(long, value_name = "N", default_value = "1", value_parser = parse_vcpus_arg)]
-    pub cpus: u8,
-    /// Guest RAM, e.g. 512M or 4G (a plain number means MiB).
-    #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_size_arg)]
-    pub memory: u64,
+    #[arg(long, value_name = "STR", allow_hyphen_values = true)]
+    pub cmdline: Option<String>,
+    /// Number of vCPUs [default: 1].
+    #[arg(long, value_name = "N", value_parser = parse_vcpus_arg)]
+    pub cpus: Option<u8>,
+    /// Guest RAM, e.g. 512M or 4G (a plain number means MiB) [default: 512M].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    pub memory: Option<u64>,
     /// Pass a host PCI device through with VFIO: a BDF (0000:01:00.0) or its sysfs path.
-    /// Repeatable. The device must be bound to vfio-pci.
+    /// Repeatable. The device must be bound to vfio-pci (see 'zhitong bind').
     #[arg(long = "device", value_name = "PATH|BDF", value_parser = parse_device_arg)]
     pub devices: Vec<Bdf>,
     /// Print the boot timeline as one JSON line on stderr at exit.
     #[arg(long)]
     pub timings: bool,
-    /// Fail if the guest has not touched its serial port within this time (0 = never).
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration_arg)]
-    pub boot_timeout: Duration,
+    /// Fail if the guest has not touched its serial port within this time (0 = never)
+    /// [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub boot_timeout: Option<Duration>,
 }
 
 fn parse_device_arg(s: &str) -> Result<Bdf, String> {
@@ -123,20 +124,35 @@ fn parse_duration_arg(s: &str) -> Result<Duration, String> {
 }
 
 impl RunArgs {
-    pub fn to_config(&self) -> VmConfig {
-        VmConfig {
-            kernel: KernelConfig {
-                path: self.kernel.clone(),
-                initramfs: self.initramfs.clone(),
-                cmdline: self.cmdline.clone(),
-            },
-            machine: MachineConfig {
-                vcpus: self.cpus,
-                memory_bytes: self.memory,
-            },
-            devices: self.devices.clone(),
-            boot_timeout: (!self.boot_timeout.is_zero()).then_some(self.boot_timeout),
+    /// The VM configuration: the --config file (if any) with the flags on top.
+    pub fn to_config(&self) -> Result<VmConfig, ConfigError> {
+        let mut cfg = match (&self.config, &self.kernel) {
+            (Some(path), _) => vmm::config::file::load(path)?,
+            (None, Some(kernel)) => VmConfig::new(kernel),
+            (None, None) => return Err(ConfigError::NoKernel),
+        };
+        if let Some(kernel) = &self.kernel {
+            cfg.kernel.path = kernel.clone();
         }
+        if let Some(initramfs) = &self.initramfs {
+            cfg.kernel.initramfs = Some(initramfs.clone());
+        }
+        if let Some(cmdline) = &self.cmdline {
+            cfg.kernel.cmdline = cmdline.clone();
+        }
+        if let Some(cpus) = self.cpus {
+            cfg.machine.vcpus = cpus;
+        }
+        if let Some(memory) = self.memory {
+            cfg.machine.memory_bytes = memory;
+        }
+        if !self.devices.is_empty() {
+            cfg.devices = self.devices.clone();
+        }
+        if let Some(limit) = self.boot_timeout {
+            cfg.boot_timeout = (!limit.is_zero()).then_some(limit);
+        }
+        Ok(cfg)
     }
 }
 
@@ -224,7 +240,7 @@ mod tests {
         let Command::Run(args) = cli.command else {
             panic!("not run")
         };
-        let cfg = args.to_config();
+        let cfg = args.to_config().unwrap();
         assert_eq!(cfg.machine.vcpus, 1);
         assert_eq!(cfg.machine.memory_bytes, 512 << 20);
         assert_eq!(cfg.boot_timeout, Some(Duration::from_secs(60)));
@@ -255,7 +271,7 @@ mod tests {
         let Command::Run(args) = cli.command else {
             panic!("not run")
         };
-        let cfg = args.to_config();
+        let cfg = args.to_config().unwrap();
         assert_eq!(cfg.kernel.initramfs, Some(PathBuf::from("/i")));
         assert_eq!(cfg.kernel.cmdline, "console=ttyS0 quiet");
         assert_eq!((cfg.machine.vcpus, cfg.machine.memory_bytes), (2, 4 << 30));
@@ -346,6 +362,39 @@ mod tests {
             assert!(!msg.contains('\n'), "not one line: {msg}");
             assert!(msg.contains(needle), "{msg:?} lacks {needle:?}");
         }
+    }
+
+    #[test]
+    fn config_file_with_flags_on_top() {
+        let path = std::env::temp_dir().join(format!("zhitong-cli-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "[kernel]\npath = \"/file-kernel\"\ncmdline = \"quiet\"\n[machine]\nvcpus = 4\nmemory = \"2G\"\n",
+        )
+        .unwrap();
+        let file = path.to_str().unwrap();
+        let Parsed::Run(cli) = parse(["zhitong", "run", "--config", file, "--cpus", "2"]) else {
+            panic!()
+        };
+        let Command::Run(args) = cli.command else {
+            panic!()
+        };
+        let cfg = args.to_config().unwrap();
+        assert_eq!(cfg.kernel.path, PathBuf::from("/file-kernel"));
+        assert_eq!(cfg.kernel.cmdline, "quiet");
+        assert_eq!((cfg.machine.vcpus, cfg.machine.memory_bytes), (2, 2 << 30));
+        std::fs::remove_file(&path).unwrap();
+        let Parsed::Run(cli) = parse(["zhitong", "run", "--config", "/nonexistent.json"]) else {
+            panic!()
+        };
+        let Command::Run(args) = cli.command else {
+            panic!()
+        };
+        let msg = args.to_config().unwrap_err().to_string();
+        assert!(
+            msg.contains("/nonexistent.json") && msg.contains("--config"),
+            "{msg}"
+        );
     }
 
     #[test]

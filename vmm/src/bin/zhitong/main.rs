@@ -50,11 +50,18 @@ fn run(args: &RunArgs, start: Instant) -> i32 {
             return 1;
         }
     };
+    let config = match args.to_config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("zhitong: {e}");
+            return 2;
+        }
+    };
     let console = Console {
         output: Box::new(std::io::stdout()),
         input: stdin_for_console(),
     };
-    let vm = match Vm::new(args.to_config(), console, start) {
+    let vm = match Vm::new(config, console, start) {
         Ok(vm) => vm,
         Err(e) => {
             eprintln!("zhitong: {e}");
