@@ -1,6 +1,6 @@
 //! How a VM ends, and the channel through which vCPUs, devices and the caller say so.
 
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use vmm_sys_util::eventfd::EventFd;
@@ -31,6 +31,7 @@ impl VmExit {
 /// First writer wins: the reason is kept and the event fd is signalled.
 pub struct ExitChannel {
     reason: Mutex<Option<VmExit>>,
+    requested: Condvar,
     evt: EventFd,
 }
 
@@ -38,6 +39,7 @@ impl ExitChannel {
     pub fn new() -> std::io::Result<Self> {
         Ok(Self {
             reason: Mutex::new(None),
+            requested: Condvar::new(),
             evt: EventFd::new(libc::EFD_NONBLOCK)?,
         })
     }
@@ -48,7 +50,18 @@ impl ExitChannel {
             log::debug!("VM exit requested: {exit:?}");
             *reason = Some(exit);
             let _ = self.evt.write(1);
+            self.requested.notify_all();
         }
+    }
+
+    /// Wait up to `timeout` for an exit to be requested; true if one was.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        let reason = self.reason.lock().unwrap();
+        let (reason, _) = self
+            .requested
+            .wait_timeout_while(reason, timeout, |r| r.is_none())
+            .unwrap();
+        reason.is_some()
     }
 
     pub fn reason(&self) -> Option<VmExit> {
@@ -75,6 +88,16 @@ mod tests {
         });
         assert_eq!(ch.reason(), Some(VmExit::Poweroff));
         assert_eq!(ch.event_fd().read().unwrap(), 1);
+    }
+
+    #[test]
+    fn wait_timeout_sees_a_request_from_another_thread() {
+        let ch = std::sync::Arc::new(ExitChannel::new().unwrap());
+        assert!(!ch.wait_timeout(Duration::from_millis(5)));
+        let other = ch.clone();
+        let t = std::thread::spawn(move || other.request(VmExit::Reset));
+        assert!(ch.wait_timeout(Duration::from_secs(5)));
+        t.join().unwrap();
     }
 
     #[test]

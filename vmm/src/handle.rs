@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::exit::{ExitChannel, VmExit};
@@ -47,6 +48,8 @@ pub(crate) struct VmShared {
     pub timeline: Arc<Timeline>,
     pub state: Mutex<VmState>,
     pub vcpus: OnceLock<Arc<VcpuSet>>,
+    /// Presses the guest's power button (set once the platform devices exist).
+    pub power_button: OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl VmShared {
@@ -56,6 +59,14 @@ impl VmShared {
             timeline,
             state: Mutex::new(VmState::Starting),
             vcpus: OnceLock::new(),
+            power_button: OnceLock::new(),
+        }
+    }
+
+    /// Signal the guest's ACPI power button, if the platform has one yet.
+    pub fn press_power_button(&self) {
+        if let Some(button) = self.power_button.get() {
+            button();
         }
     }
 
@@ -115,6 +126,35 @@ impl VmHandle {
         vcpus.resume();
         *state = VmState::Running;
         Ok(())
+    }
+
+    /// Ask the guest to power off (the ACPI power button), and stop the VM if it has not
+    /// ended `timeout` later. Returns at once; `wait` reports how it ended (`Poweroff` when
+    /// the guest cooperated, `Stopped` when it had to be forced).
+    pub fn shutdown(&self, timeout: Duration) -> std::result::Result<(), ControlError> {
+        match self.state() {
+            VmState::Stopping | VmState::Stopped => {
+                return Err(ControlError::NotRunning(self.state()))
+            }
+            VmState::Paused => self.resume()?,
+            VmState::Starting | VmState::Running => {}
+        }
+        self.shared.press_power_button();
+        let exit = self.shared.exit.clone();
+        std::thread::Builder::new()
+            .name("shutdown-timer".into())
+            .spawn(move || {
+                if !exit.wait_timeout(timeout) {
+                    exit.request(VmExit::Stopped {
+                        reason: format!(
+                            "shutdown: the guest did not power off within {}s",
+                            timeout.as_secs()
+                        ),
+                    });
+                }
+            })
+            .map(|_| ())
+            .map_err(|_| ControlError::NotRunning(self.state()))
     }
 
     /// End the VM now (no guest cooperation); `wait` reports `VmExit::Stopped`.
