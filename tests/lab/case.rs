@@ -48,6 +48,7 @@ pub struct Case {
     timings: bool,
     args: Vec<String>,
     raw: Option<String>,
+    stop: Option<(String, String)>,
     pub(crate) guest: Option<Guest>,
     pub(crate) timeout: Duration,
 }
@@ -74,6 +75,7 @@ impl Case {
             timings: true,
             args: Vec::new(),
             raw: None,
+            stop: None,
             guest: None,
             timeout: Duration::from_secs(120),
         }
@@ -147,6 +149,16 @@ impl Case {
         self
     }
 
+    /// Runs the VMM in the background and, once its console shows `text`,
+    /// sends it `signal` ("TERM", "INT"). The case's status is the VMM's;
+    /// the console is printed after it ends, then "L1: stop_ms=<ms from the
+    /// signal to the VMM's exit>", or "L1: stop=never-saw-text" if the VMM
+    /// ended or 60 s passed before `text` appeared (it is signalled anyway).
+    pub fn stop_with(mut self, signal: &str, text: &str) -> Case {
+        self.stop = Some((signal.into(), text.into()));
+        self
+    }
+
     /// Killed (SIGKILL) in L1 after this long; default 120 s.
     pub fn timeout(mut self, t: Duration) -> Case {
         self.timeout = t;
@@ -213,11 +225,40 @@ impl Case {
             }
         };
         argv.extend(self.args.iter().cloned());
-        argv.iter()
+        let command = argv
+            .iter()
             .map(|a| shell_quote(a))
             .collect::<Vec<_>>()
-            .join(" ")
+            .join(" ");
+        match &self.stop {
+            Some((signal, text)) => stop_script(&command, signal, text, &self.name),
+            None => command,
+        }
     }
+}
+
+/// `command` in the background, signalled once its output shows `text`.
+fn stop_script(command: &str, signal: &str, text: &str, name: &str) -> String {
+    let out = format!("/tmp/{name}.out");
+    let text = shell_quote(text);
+    format!(
+        "{command} >{out} &\n\
+         pid=$!\n\
+         i=0\n\
+         until grep -qF {text} {out}; do\n\
+         i=$((i+1))\n\
+         if [ $i -gt 600 ] || ! kill -0 $pid 2>/dev/null; then echo 'L1: stop=never-saw-text'; break; fi\n\
+         sleep 0.1\n\
+         done\n\
+         t0=$(cut -d' ' -f1 /proc/uptime)\n\
+         kill -{signal} $pid\n\
+         wait $pid\n\
+         rc=$?\n\
+         t1=$(cut -d' ' -f1 /proc/uptime)\n\
+         cat {out}; echo\n\
+         echo \"L1: stop_ms=$(awk \"BEGIN {{ printf \\\"%d\\\", ($t1 - $t0) * 1000 }}\")\"\n\
+         exit $rc"
+    )
 }
 
 fn shell_quote(s: &str) -> String {
@@ -260,5 +301,24 @@ mod tests {
         );
         let c = Case::new("gpu").guest(Guest::new().module("virtio_gpu"));
         assert!(c.command().contains("--initramfs /l2/gpu.img"));
+    }
+
+    #[test]
+    fn stop_with_runs_a_shell_script() {
+        let c = Case::new("t").timings(false).stop_with("TERM", "L2: done");
+        let script = c.command();
+        assert!(script.starts_with("/bin/zhitong run "), "{script}");
+        assert!(
+            script.contains("grep -qF 'L2: done' /tmp/t.out"),
+            "{script}"
+        );
+        assert!(script.contains("kill -TERM $pid"), "{script}");
+        let out = std::process::Command::new("sh")
+            .arg("-n")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{script}\n{out:?}");
     }
 }

@@ -16,6 +16,12 @@ pub struct CaseResult {
     pub rc: Option<i32>,
     /// Text after each "L2: " in the case, in order ("init", "cpus=2", ...)
     pub markers: Vec<String>,
+    /// Text after each "L1: " in the case (what the case's own script
+    /// reports, e.g. "stop_ms=120"), except the stderr lines
+    pub l1_markers: Vec<String>,
+    /// The case command's stderr, line by line (L1 prints it after the
+    /// command ends, each line as "L1: stderr: <line>")
+    pub stderr: Vec<String>,
     /// The VMM's JSON timings line (starts with `{`, has "vm_created_ms")
     pub timings: Option<String>,
     /// The console lines between the case's begin and rc lines
@@ -30,6 +36,13 @@ impl CaseResult {
     /// The value of an "L2: key=value" marker.
     pub fn marker(&self, key: &str) -> Option<&str> {
         self.markers
+            .iter()
+            .find_map(|m| m.strip_prefix(key)?.strip_prefix('='))
+    }
+
+    /// The value of an "L1: key=value" line the case's script printed.
+    pub fn l1_marker(&self, key: &str) -> Option<&str> {
+        self.l1_markers
             .iter()
             .find_map(|m| m.strip_prefix(key)?.strip_prefix('='))
     }
@@ -102,6 +115,9 @@ pub fn parse_cases(
         .collect()
 }
 
+/// How L1 prefixes each line of a case command's stderr.
+pub(crate) const STDERR: &str = "L1: stderr: ";
+
 fn parse_case(console: &Arc<String>, lines: &[(Duration, String)], name: &str) -> CaseResult {
     let begin = format!("L1: case {name} begin");
     let end = format!("L1: case {name} rc=");
@@ -110,6 +126,8 @@ fn parse_case(console: &Arc<String>, lines: &[(Duration, String)], name: &str) -
         began: false,
         rc: None,
         markers: Vec::new(),
+        l1_markers: Vec::new(),
+        stderr: Vec::new(),
         timings: None,
         console: String::new(),
         elapsed: None,
@@ -131,8 +149,12 @@ fn parse_case(console: &Arc<String>, lines: &[(Duration, String)], name: &str) -
         }
         r.console.push_str(line);
         r.console.push('\n');
-        if let Some(at) = line.find("L2: ") {
+        if let Some(at) = line.find(STDERR) {
+            r.stderr.push(line[at + STDERR.len()..].to_string());
+        } else if let Some(at) = line.find("L2: ") {
             r.markers.push(line[at + 4..].trim_end().to_string());
+        } else if let Some(at) = line.find("L1: ") {
+            r.l1_markers.push(line[at + 4..].trim_end().to_string());
         }
         if let Some(at) = line.find('{') {
             if r.timings.is_none() && line.contains("\"vm_created_ms\"") {
@@ -152,7 +174,8 @@ mod tests {
         let console = Arc::new(
             "L1: kvm ready\nL1: case a begin\n[ 1.0] x\nL2: init\nL2: cpus=2\n\
              {\"vm_created_ms\": 1.5, \"guest_marker_ms\": 300}\nL2: done\nL1: case a rc=0\n\
-             L1: case b begin\nzhitong: bad kernel\nL1: case b rc=2\nL1: case c begin\n"
+             L1: case b begin\nL1: stop_ms=40\nL1: stderr: zhitong: bad kernel\nL1: case b rc=2\n\
+             L1: case c begin\n"
                 .to_string(),
         );
         let lines: Vec<_> = console
@@ -172,7 +195,9 @@ mod tests {
         assert_eq!(r[0].timing("guest_marker_ms"), Some(300.0));
         assert_eq!(r[0].timing("vm_created_ms"), Some(1.5));
         assert_eq!(r[1].rc, Some(2));
-        assert_eq!(r[1].console, "zhitong: bad kernel\n");
+        assert_eq!(r[1].stderr, ["zhitong: bad kernel"]);
+        assert_eq!(r[1].l1_marker("stop_ms"), Some("40"));
+        assert!(r[1].markers.is_empty() && r[0].stderr.is_empty());
         assert!(r[2].began && r[2].rc.is_none());
         assert!(!r[3].began);
     }

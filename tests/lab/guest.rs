@@ -10,7 +10,7 @@
 //! L2: done
 //! ```
 //! and writes one byte to port 0x4f0 (the VMM's guest marker) right after
-//! "L2: init"; then it powers off.
+//! "L2: init"; then it powers off (or runs `Guest::end_with`'s line).
 
 use std::path::Path;
 
@@ -20,15 +20,33 @@ use crate::Result;
 
 /// An L2 guest definition; extend it with modules and script lines:
 /// `Guest::new().module("virtio_gpu").line("ls /dev/dri && echo 'L2: drm ok'")`.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Guest {
     modules: Vec<String>,
     lines: Vec<String>,
+    end: String,
+}
+
+impl Default for Guest {
+    fn default() -> Guest {
+        Guest {
+            modules: Vec::new(),
+            lines: Vec::new(),
+            end: "poweroff -f".into(),
+        }
+    }
 }
 
 impl Guest {
     pub fn new() -> Guest {
         Guest::default()
+    }
+
+    /// The line after "L2: done", instead of `poweroff -f`: e.g. `reboot -f`,
+    /// or `sleep 100000` for a guest that runs until the VMM is stopped.
+    pub fn end_with(mut self, line: &str) -> Guest {
+        self.end = line.to_string();
+        self
     }
 
     /// Loads `name` (and what it depends on, per modules.dep) before the extra lines.
@@ -55,7 +73,7 @@ impl Guest {
         for l in &self.lines {
             img.line(l.as_str());
         }
-        img.line("echo 'L2: done'").line("poweroff -f");
+        img.line("echo 'L2: done'").line(self.end.as_str());
         img.write(out)
     }
 }

@@ -22,8 +22,8 @@ pub struct L0 {
     pub iommu: String,
     /// Extra arguments after the IOMMU, e.g. `-device virtio-gpu-pci,...,addr=0x4`.
     pub args: Vec<String>,
-    /// `-monitor unix:PATH,server,nowait` (for screendumps) when set.
-    pub monitor: Option<PathBuf>,
+    /// `-qmp unix:PATH,server=on,wait=off` (screendumps, diagnostics) when set.
+    pub qmp: Option<PathBuf>,
     pub append: String,
     /// Boot L1 from the ELF vmlinux (PVH entry): ~3 s faster than the
     /// bzImage, which decompresses itself under TCG.
@@ -39,7 +39,7 @@ impl Default for L0 {
             cpu: "EPYC".into(),
             iommu: "caching-mode=on,aw-bits=48".into(),
             args: Vec::new(),
-            monitor: None,
+            qmp: None,
             append: "console=ttyS0 intel_iommu=on iommu=pt quiet panic=-1".into(),
             boot_elf: true,
             timeout: Duration::from_secs(300),
@@ -55,6 +55,8 @@ pub struct L0Output {
     /// QEMU's own stderr (warnings, errors)
     pub stderr: String,
     pub timed_out: bool,
+    /// On a timeout: L0's vCPU registers (`info registers -a`), if QMP was on
+    pub hang_registers: Option<String>,
     pub exit: Option<i32>,
     pub elapsed: Duration,
 }
@@ -76,9 +78,9 @@ impl L0 {
             .args(["-device", &format!("intel-iommu,{}", self.iommu)])
             .args(["-global", "q35-pcihost.pci-hole64-size=64G"])
             .args(&self.args);
-        if let Some(sock) = &self.monitor {
-            cmd.arg("-monitor")
-                .arg(format!("unix:{},server,nowait", sock.display()));
+        if let Some(sock) = &self.qmp {
+            cmd.arg("-qmp")
+                .arg(format!("unix:{},server=on,wait=off", sock.display()));
         }
         cmd.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd);
         cmd.args(["-append", &self.append]);
@@ -129,6 +131,7 @@ impl L0 {
         let mut console = String::new();
         let mut lines = Vec::new();
         let mut timed_out = false;
+        let mut hang_registers = None;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
@@ -141,6 +144,11 @@ impl L0 {
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     timed_out = true;
+                    hang_registers = self.qmp.as_deref().map(|sock| {
+                        crate::qmp::Qmp::connect(sock)
+                            .and_then(|mut q| q.hmp("info registers -a"))
+                            .unwrap_or_else(|e| e.to_string())
+                    });
                     let _ = child.kill();
                     break;
                 }
@@ -154,6 +162,7 @@ impl L0 {
             lines,
             stderr,
             timed_out,
+            hang_registers,
             exit: status.code(),
             elapsed: start.elapsed(),
         })

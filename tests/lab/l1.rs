@@ -28,6 +28,8 @@ pub struct L1Spec<'a> {
     pub modules: &'a [String],
     pub bind: &'a [String],
     pub lines: &'a [String],
+    /// Extra files: (path in L1, contents, mode)
+    pub files: &'a [(String, Vec<u8>, u32)],
     /// The zhitong binary, if any case runs it
     pub zhitong: Option<PathBuf>,
 }
@@ -54,6 +56,9 @@ pub fn build(spec: &L1Spec, dir: &Path, out: &Path) -> Result<()> {
             guest.build(spec.kernel, &path)?;
             img.file(&c.initrd_path(), &path);
         }
+    }
+    for (path, data, mode) in spec.files {
+        img.data(path, data.clone(), *mode);
     }
     if let Some(bin) = &spec.zhitong {
         img.binary(case::ZHITONG, bin)?;
@@ -107,16 +112,21 @@ fn bind_line(bdf: &str) -> String {
     )
 }
 
+/// Runs each case in turn; its stderr is printed after it ends, each line
+/// prefixed (console::STDERR) so that tests can tell it from L2's console.
 fn cases_script(cases: &[Case]) -> String {
     let mut s = String::from("#!/bin/sh\n");
     for c in cases {
         let cmd = c.command().replace('\'', "'\\''");
         s.push_str(&format!(
             "echo 'L1: case {name} begin'\n\
-             timeout -s KILL {t} sh -c '{cmd}' </dev/null\n\
-             echo \"L1: case {name} rc=$?\"\n",
+             timeout -s KILL {t} sh -c '{cmd}' </dev/null 2>/tmp/stderr\n\
+             rc=$?\n\
+             sed 's/^/{prefix}/' /tmp/stderr\n\
+             echo \"L1: case {name} rc=$rc\"\n",
             name = c.name,
             t = c.timeout.as_secs().max(1),
+            prefix = crate::console::STDERR,
         ));
     }
     s

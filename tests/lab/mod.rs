@@ -23,6 +23,8 @@ mod initramfs;
 mod kernel;
 mod l0;
 mod l1;
+mod ppm;
+mod qmp;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -38,6 +40,8 @@ pub use guest::Guest;
 pub use initramfs::Initramfs;
 pub use kernel::Kernel;
 pub use l0::L0;
+pub use ppm::Ppm;
+pub use qmp::Qmp;
 
 #[derive(Debug)]
 pub struct Error(String);
@@ -122,6 +126,7 @@ pub struct Lab {
     cases: Vec<Case>,
     l1_modules: Vec<String>,
     l1_lines: Vec<String>,
+    files: Vec<(String, Vec<u8>, u32)>,
     bind: Vec<String>,
 }
 
@@ -142,6 +147,7 @@ impl Lab {
             cases: Vec::new(),
             l1_modules: Vec::new(),
             l1_lines: Vec::new(),
+            files: Vec::new(),
             bind: Vec::new(),
         })
     }
@@ -181,12 +187,6 @@ impl Lab {
         self
     }
 
-    /// QEMU monitor on a unix socket, for `screendump`.
-    pub fn monitor(mut self, socket: impl Into<PathBuf>) -> Lab {
-        self.l0.monitor = Some(socket.into());
-        self
-    }
-
     /// Binds L1's PCI device `bdf` (e.g. "0000:00:04.0") to vfio-pci.
     pub fn bind(mut self, bdf: &str) -> Lab {
         self.bind.push(bdf.into());
@@ -202,6 +202,13 @@ impl Lab {
     /// A shell line L1 runs before the cases.
     pub fn l1_line(mut self, line: &str) -> Lab {
         self.l1_lines.push(line.into());
+        self
+    }
+
+    /// A file in L1's initramfs at `path` (mode 0755: data or a program).
+    pub fn file(mut self, path: &str, data: impl Into<Vec<u8>>) -> Lab {
+        assert!(path.starts_with('/'), "L1 paths are absolute: {path}");
+        self.files.push((path.into(), data.into(), 0o755));
         self
     }
 
@@ -225,7 +232,10 @@ impl Lab {
 
     /// Runs, showing each console line to `on_line` as it arrives.
     pub fn run_with(self, mut on_line: impl FnMut(&str)) -> Result<LabRun> {
-        let needs_zhitong = self.cases.iter().any(|c| c.vmm() == Some(Vmm::Zhitong));
+        let needs_zhitong = self
+            .cases
+            .iter()
+            .any(|c| c.command().contains(case::ZHITONG));
         let zhitong = if needs_zhitong {
             Some(zhitong_bin()?)
         } else {
@@ -244,19 +254,51 @@ impl Lab {
             modules: &self.l1_modules,
             bind: &self.bind,
             lines: &self.l1_lines,
+            files: &self.files,
             zhitong,
         };
         l1::build(&spec, &dir, &l1_img)?;
+
+        for e in std::fs::read_dir(&dir)?.flatten() {
+            if e.path().extension().is_some_and(|x| x == "ppm") {
+                std::fs::remove_file(e.path())?;
+            }
+        }
+        // QMP, for screendumps (see ppm.rs) and registers on a hang.
+        let qmp = std::env::temp_dir().join(format!(
+            "zhitong-lab-{}-{}.qmp",
+            std::process::id(),
+            self.name
+        ));
+        let mut l0 = self.l0.clone();
+        l0.qmp = Some(qmp.clone());
+        let mut screendumps = ppm::Screendumps::new(qmp.clone(), dir.clone());
 
         let l1_kernel = if self.l0.boot_elf {
             &self.kernel.vmlinux
         } else {
             &self.kernel.vmlinuz
         };
-        let out = self.l0.run(l1_kernel, &l1_img, &mut on_line)?;
+        // console.log grows line by line, so a hung run can be watched.
+        let mut log = std::io::BufWriter::new(std::fs::File::create(dir.join("console.log"))?);
+        let out = l0.run(l1_kernel, &l1_img, &mut |line: &str| {
+            use std::io::Write;
+            let _ = writeln!(log, "{line}").and_then(|_| log.flush());
+            screendumps.on_line(line);
+            on_line(line);
+        });
+        let _ = std::fs::remove_file(&qmp);
+        let out = out?;
+        drop(log);
         let mut console = out.console;
+        for note in &screendumps.notes {
+            console.push_str(&format!("[lab: {note}]\n"));
+        }
         if out.timed_out {
             console.push_str(&format!("[lab: L0 killed after {:?}]\n", self.l0.timeout));
+            if let Some(regs) = &out.hang_registers {
+                console.push_str(&format!("[lab: L0 vCPUs when killed]\n{regs}\n"));
+            }
         }
         // TCG lacks a few of EPYC's features and says so: not news.
         let stderr: Vec<&str> = out
@@ -300,6 +342,11 @@ pub struct LabRun {
 }
 
 impl LabRun {
+    /// The screendump `label` that case `case` asked for ("L2: screendump=<label>...").
+    pub fn screendump(&self, case: &str, label: &str) -> Result<Ppm> {
+        Ppm::load(&ppm::path(&self.out_dir, case, label))
+    }
+
     /// The named case's result (panics, with the console, on an unknown name).
     pub fn case(&self, name: &str) -> &CaseResult {
         self.cases
