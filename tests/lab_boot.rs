@@ -8,9 +8,52 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use zhitong_tests::{Case, CaseResult, Kernel, L2Kernel, Lab, LabRun, L2_NOT_A_KERNEL};
+use zhitong_tests::{Case, CaseResult, Guest, Kernel, L2Kernel, Lab, LabRun, L2_NOT_A_KERNEL};
 
 const MIB: u64 = 1024 * 1024;
+
+/// L1 paths of the tiny ELF kernels below.
+const SPIN_ELF: &str = "/spin.elf";
+const UD2_ELF: &str = "/ud2.elf";
+/// Where the tiny kernels load and start (the kernel's usual 16 MiB).
+const TINY_ELF_ENTRY: u64 = 0x100_0000;
+
+/// A minimal x86_64 ELF executable: one PT_LOAD segment holding `code` at
+/// physical (and virtual) address TINY_ELF_ENTRY, which is also the entry point.
+fn tiny_elf(code: &[u8]) -> Vec<u8> {
+    const EHDR: usize = 64;
+    const PHDR: usize = 56;
+    let offset = (EHDR + PHDR) as u64;
+    let mut elf = Vec::new();
+    // e_ident: magic, ELFCLASS64, ELFDATA2LSB, EV_CURRENT, System V ABI, padding
+    elf.extend_from_slice(b"\x7fELF\x02\x01\x01\x00");
+    elf.extend_from_slice(&[0; 8]);
+    elf.extend_from_slice(&2u16.to_le_bytes()); // e_type: ET_EXEC
+    elf.extend_from_slice(&62u16.to_le_bytes()); // e_machine: EM_X86_64
+    elf.extend_from_slice(&1u32.to_le_bytes()); // e_version
+    elf.extend_from_slice(&TINY_ELF_ENTRY.to_le_bytes()); // e_entry
+    elf.extend_from_slice(&(EHDR as u64).to_le_bytes()); // e_phoff
+    elf.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    elf.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    elf.extend_from_slice(&(EHDR as u16).to_le_bytes()); // e_ehsize
+    elf.extend_from_slice(&(PHDR as u16).to_le_bytes()); // e_phentsize
+    elf.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
+    elf.extend_from_slice(&0u16.to_le_bytes()); // e_shentsize
+    elf.extend_from_slice(&0u16.to_le_bytes()); // e_shnum
+    elf.extend_from_slice(&0u16.to_le_bytes()); // e_shstrndx
+    assert_eq!(elf.len(), EHDR);
+    elf.extend_from_slice(&1u32.to_le_bytes()); // p_type: PT_LOAD
+    elf.extend_from_slice(&5u32.to_le_bytes()); // p_flags: R+X
+    elf.extend_from_slice(&offset.to_le_bytes()); // p_offset
+    elf.extend_from_slice(&TINY_ELF_ENTRY.to_le_bytes()); // p_vaddr
+    elf.extend_from_slice(&TINY_ELF_ENTRY.to_le_bytes()); // p_paddr
+    elf.extend_from_slice(&(code.len() as u64).to_le_bytes()); // p_filesz
+    elf.extend_from_slice(&(code.len() as u64).to_le_bytes()); // p_memsz
+    elf.extend_from_slice(&1u64.to_le_bytes()); // p_align
+    assert_eq!(elf.len(), EHDR + PHDR);
+    elf.extend_from_slice(code);
+    elf
+}
 
 fn lab() -> &'static LabRun {
     static RUN: OnceLock<Result<LabRun, String>> = OnceLock::new();
@@ -19,7 +62,7 @@ fn lab() -> &'static LabRun {
             .map_err(|e| e.to_string())?
             .name("boot")
             .memory("6G")
-            .timeout(Duration::from_secs(600))
+            .timeout(Duration::from_secs(300))
             .case(Case::new("smp1"))
             .case(Case::new("smp2").cpus(2))
             .case(Case::new("mem4g").cpus(2).memory("4G"))
@@ -30,7 +73,45 @@ fn lab() -> &'static LabRun {
                     .timeout(Duration::from_secs(60)),
             )
             .case(Case::new("badkernel").kernel(L2Kernel::Path(L2_NOT_A_KERNEL.into())))
-            .case(Case::qemu_l1("qemu-reference"));
+            .case(Case::qemu_l1("qemu-reference"))
+            // The failure paths of `zhitong run`.
+            .file(SPIN_ELF, tiny_elf(&[0xeb, 0xfe])) // jmp $
+            .file(UD2_ELF, tiny_elf(&[0x0f, 0x0b])) // ud2, no IDT: triple fault
+            .case(
+                Case::new("sigterm")
+                    .timings(false)
+                    .guest(Guest::new().end_with("sleep 100000"))
+                    .stop_with("TERM", "L2: done")
+                    .timeout(Duration::from_secs(60)),
+            )
+            .case(
+                // panic=0: the kernel panics and spins forever.
+                Case::new("sigint")
+                    .timings(false)
+                    .no_initramfs()
+                    .cmdline("console=ttyS0 quiet panic=0")
+                    .stop_with("INT", "Kernel panic")
+                    .timeout(Duration::from_secs(60)),
+            )
+            .case(Case::new("after-signals"))
+            .case(
+                Case::new("spin")
+                    .timings(false)
+                    .kernel(L2Kernel::Path(SPIN_ELF.into()))
+                    .no_initramfs()
+                    .args(["--boot-timeout", "5s"])
+                    .timeout(Duration::from_secs(60)),
+            )
+            .case(
+                Case::new("triple-fault")
+                    .timings(false)
+                    .kernel(L2Kernel::Path(UD2_ELF.into()))
+                    .no_initramfs()
+                    .timeout(Duration::from_secs(60)),
+            )
+            .case(Case::new("reboot").guest(Guest::new().end_with("reboot -f")))
+            .case(Case::new("memory-too-big").timings(false).memory("64G"))
+            .case(Case::new("cpus0").timings(false).cpus(0));
         let run = lab.run().map_err(|e| e.to_string())?;
         eprintln!("lab_boot: L0 run took {:.1} s", run.elapsed.as_secs_f64());
         for c in &run.cases {
@@ -105,21 +186,112 @@ fn no_initramfs_panics_and_reboots() {
     c.check(c.rc == Some(0), "panic=-1 reboot should exit 0");
 }
 
+/// Asserts exit status `rc` and exactly one stderr line, containing each of `words`.
+#[track_caller]
+fn assert_one_error_line(c: &CaseResult, rc: i32, words: &[&str]) {
+    c.check(
+        c.rc == Some(rc),
+        &format!("VMM exit status {:?}, want {rc}", c.rc),
+    );
+    c.check(
+        c.stderr.len() == 1,
+        &format!("want exactly one stderr line, got {:?}", c.stderr),
+    );
+    for w in words {
+        c.check(
+            c.stderr[0].contains(w),
+            &format!("stderr line should contain {w:?}"),
+        );
+    }
+}
+
 #[test]
 fn bad_kernel_is_a_usage_error() {
     let c = lab().case("badkernel");
-    c.check(c.rc == Some(2), "want exit status 2");
-    // Kernel log lines from L1 ("[   12.3] ...") may interleave; ignore them.
-    let lines: Vec<&str> = c
-        .console
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('['))
-        .collect();
-    c.check(lines.len() == 1, "want exactly one error line");
+    assert_one_error_line(c, 2, &["zhitong: "]);
     c.check(
-        lines[0].to_lowercase().contains("kernel"),
+        c.stderr[0].to_lowercase().contains("kernel"),
         "error line should name the kernel",
     );
+}
+
+/// The VMM stopped by `signal` within a few seconds, exit status `rc`, one line saying so.
+#[track_caller]
+fn assert_stopped_by(c: &CaseResult, signal: &str, rc: i32) {
+    c.check(
+        c.l1_marker("stop").is_none(),
+        "the guest never showed it was running",
+    );
+    assert_one_error_line(c, rc, &[&format!("zhitong: guest stopped by {signal}")]);
+    let ms = c.l1_marker("stop_ms").and_then(|v| v.parse::<u64>().ok());
+    c.check(
+        ms.is_some_and(|ms| ms < 5000),
+        &format!("stopping took {ms:?} ms, want < 5000"),
+    );
+    eprintln!("{}: stopped {ms:?} ms after {signal}", c.name);
+}
+
+#[test]
+fn sigterm_stops_a_running_guest() {
+    let c = lab().case("sigterm");
+    c.check(c.has_marker("done"), "L2 did not reach its sleep");
+    assert_stopped_by(c, "SIGTERM", 143);
+}
+
+#[test]
+fn sigint_stops_a_spinning_guest() {
+    let c = lab().case("sigint");
+    c.check(c.console.contains("Kernel panic"), "no kernel panic");
+    assert_stopped_by(c, "SIGINT", 130);
+}
+
+#[test]
+fn a_guest_boots_after_signalled_ones() {
+    assert_guest(lab().case("after-signals"), 1, 512);
+}
+
+#[test]
+fn a_kernel_that_never_boots_times_out() {
+    let c = lab().case("spin");
+    assert_one_error_line(c, 1, &["no sign of life", "--boot-timeout"]);
+    let secs = c.elapsed.map_or(0.0, |d| d.as_secs_f64());
+    c.check(
+        (5.0..20.0).contains(&secs),
+        &format!("took {secs:.1} s with --boot-timeout 5s"),
+    );
+}
+
+#[test]
+fn a_triple_fault_is_reported() {
+    let c = lab().case("triple-fault");
+    assert_one_error_line(c, 1, &["triple-faulted"]);
+}
+
+#[test]
+fn guest_reboot_exits_0() {
+    lab().case("reboot").assert_booted();
+}
+
+#[test]
+fn more_memory_than_the_host_is_a_usage_error() {
+    assert_one_error_line(lab().case("memory-too-big"), 2, &["--memory"]);
+}
+
+#[test]
+fn zero_cpus_is_a_usage_error() {
+    assert_one_error_line(lab().case("cpus0"), 2, &["--cpus"]);
+}
+
+#[test]
+fn tiny_elf_layout() {
+    let elf = tiny_elf(&[0xeb, 0xfe]);
+    assert_eq!(&elf[..4], b"\x7fELF");
+    assert_eq!(
+        u64::from_le_bytes(elf[24..32].try_into().unwrap()),
+        TINY_ELF_ENTRY
+    );
+    assert_eq!(elf.len(), 64 + 56 + 2);
+    assert_eq!(&elf[120..], [0xeb, 0xfe]);
 }
 
 #[test]
