@@ -1,6 +1,7 @@
 //! zhitong's VMM as a library: build a [`VmConfig`], create a [`Vm`] with a [`Console`], and
 //! [`Vm::run`] it until the guest powers off, reboots, crashes, or a [`Stopper`] ends it.
 
+pub mod api;
 pub mod config;
 mod console;
 mod control;
