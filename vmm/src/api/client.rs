@@ -24,6 +24,8 @@ pub enum ClientError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{} did not answer within {}s; check that the zhitong serving it is not stuck", path.display(), TIMEOUT.as_secs())]
+    Timeout { path: PathBuf },
     #[error("{} gave a bad HTTP response ({reason}); check that it is a zhitong API socket", path.display())]
     BadResponse { path: PathBuf, reason: String },
 }
@@ -42,9 +44,14 @@ pub fn request(
     path: &str,
     body: Option<&str>,
 ) -> Result<ClientResponse, ClientError> {
-    let io = |source: std::io::Error| ClientError::Io {
-        path: socket.to_owned(),
-        source,
+    let io = |source: std::io::Error| match source.kind() {
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => ClientError::Timeout {
+            path: socket.to_owned(),
+        },
+        _ => ClientError::Io {
+            path: socket.to_owned(),
+            source,
+        },
     };
     let mut stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
         ErrorKind::NotFound => ClientError::Missing(socket.to_owned()),

@@ -34,6 +34,37 @@ pub enum Command {
     Bind(BindArgs),
     /// Give a device's IOMMU group back to the drivers it had before 'zhitong bind'.
     Unbind(UnbindArgs),
+    /// Talk to a running VM's API socket ('zhitong run --api-socket PATH'); prints its JSON.
+    /// Exit 0 on success, 1 when the server refuses, 2 for bad usage.
+    Api(ApiArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// The socket given to 'zhitong run --api-socket'.
+    #[arg(long, value_name = "PATH")]
+    pub socket: PathBuf,
+    /// What to do [default: get].
+    #[command(subcommand)]
+    pub action: Option<ApiAction>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum ApiAction {
+    /// GET /vm: state, configuration, boot timeline, devices.
+    Get,
+    /// PUT /vm/pause: park the vCPUs.
+    Pause,
+    /// PUT /vm/resume: let them run again.
+    Resume,
+    /// PUT /vm/shutdown: press the ACPI power button; stop the VM after the timeout.
+    Shutdown {
+        /// Seconds the guest gets to power off [default: 30].
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+    },
+    /// PUT /vm/reboot: end the VM now, as a guest reboot would (zhitong run exits 0).
+    Reboot,
 }
 
 #[derive(Debug, Args)]
@@ -105,6 +136,9 @@ pub struct RunArgs {
     /// [default: 60s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
     pub boot_timeout: Option<Duration>,
+    /// Serve the control API (HTTP/1.1 + JSON, see docs/api.md) on this Unix socket.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
 }
 
 fn parse_device_arg(s: &str) -> Result<Bdf, String> {
@@ -182,7 +216,7 @@ where
             }
             ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
                 Parsed::Usage(
-                    "no command given; use 'zhitong run --kernel PATH', or devices, check, bind, unbind (see 'zhitong --help')"
+                    "no command given; use 'zhitong run --kernel PATH', or devices, check, bind, unbind, api (see 'zhitong --help')"
                         .into(),
                 )
             }
@@ -197,7 +231,7 @@ fn subcommand_name(args: &[std::ffi::OsString]) -> &'static str {
         .iter()
         .skip(1)
         .find_map(|a| a.to_str().filter(|a| !a.starts_with('-')));
-    ["run", "devices", "check", "bind", "unbind"]
+    ["run", "devices", "check", "bind", "unbind", "api"]
         .into_iter()
         .find(|c| typed == Some(*c))
         .unwrap_or("run")
@@ -395,6 +429,58 @@ mod tests {
             msg.contains("/nonexistent.json") && msg.contains("--config"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn api_socket_and_api_command() {
+        let Parsed::Run(cli) = run_args(&["--api-socket", "/run/vm0.sock"]) else {
+            panic!()
+        };
+        let Command::Run(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(args.api_socket, Some(PathBuf::from("/run/vm0.sock")));
+        let api = |extra: &[&str]| {
+            let mut a = vec!["zhitong", "api", "--socket", "/s"];
+            a.extend_from_slice(extra);
+            match parse(a) {
+                Parsed::Run(Cli {
+                    command: Command::Api(args),
+                }) => args,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(api(&[]).action, None);
+        assert_eq!(api(&[]).socket, PathBuf::from("/s"));
+        assert_eq!(api(&["pause"]).action, Some(ApiAction::Pause));
+        assert_eq!(
+            api(&["shutdown", "--timeout", "5"]).action,
+            Some(ApiAction::Shutdown { timeout: Some(5) })
+        );
+        assert_eq!(api(&["reboot"]).action, Some(ApiAction::Reboot));
+        for (args, needle) in [
+            (vec!["zhitong", "api"], "--socket"),
+            (
+                vec!["zhitong", "api", "--socket", "/s", "explode"],
+                "zhitong api --help",
+            ),
+            (
+                vec![
+                    "zhitong",
+                    "api",
+                    "--socket",
+                    "/s",
+                    "shutdown",
+                    "--timeout",
+                    "x",
+                ],
+                "zhitong api --help",
+            ),
+        ] {
+            let msg = usage(parse(args));
+            assert!(!msg.contains('\n'), "not one line: {msg}");
+            assert!(msg.contains(needle), "{msg:?} lacks {needle:?}");
+        }
     }
 
     #[test]

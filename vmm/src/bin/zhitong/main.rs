@@ -1,7 +1,9 @@
 //! The `zhitong` command. Exit status: 0 when the guest powers off or reboots, 1 when the
 //! host or the guest fails, 2 for bad usage, 128+N when stopped by signal N. `devices`,
 //! `check`, `bind` and `unbind` exit 0 on success (check: ready), 1 otherwise, 2 for bad usage.
+//! `api` exits 0 when the server answers 2xx, 1 otherwise, 2 for bad usage.
 
+mod api;
 mod bind;
 mod check;
 mod cli;
@@ -13,10 +15,11 @@ mod terminal;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cli::{Command, Parsed, RunArgs};
-use vmm::{Console, Vm, VmExit};
+use vmm::api::ApiServer;
+use vmm::{Console, Vm, VmConfig, VmExit, VmState};
 
 fn main() {
     let start = Instant::now();
@@ -36,6 +39,7 @@ fn main() {
             Command::Check(args) => check::main(&args),
             Command::Bind(args) => bind::bind_main(&args),
             Command::Unbind(args) => bind::unbind_main(&args),
+            Command::Api(args) => api::main(&args),
         },
     };
     std::process::exit(code);
@@ -57,6 +61,18 @@ fn run(args: &RunArgs, start: Instant) -> i32 {
             return 2;
         }
     };
+    // The socket exists before the VM does, so a control plane can connect as soon as
+    // zhitong runs; a live socket at the path is refused before anything starts.
+    let api_server = match &args.api_socket {
+        Some(path) => match ApiServer::bind(path) {
+            Ok(server) => Some((server, config.clone())),
+            Err(e) => {
+                eprintln!("zhitong: {e}");
+                return 2;
+            }
+        },
+        None => None,
+    };
     let console = Console {
         output: Box::new(std::io::stdout()),
         input: stdin_for_console(),
@@ -73,7 +89,10 @@ fn run(args: &RunArgs, start: Instant) -> i32 {
     signals::forward_to(signals, move |name| stopper.stop(name));
 
     let raw_terminal = terminal::RawMode::enter_if_tty();
-    let result = vm.run();
+    let result = match &api_server {
+        None => vm.run(),
+        Some((server, config)) => run_with_api(vm, server, config),
+    };
     drop(raw_terminal);
 
     let code = match &result {
@@ -90,9 +109,34 @@ fn run(args: &RunArgs, start: Instant) -> i32 {
     code
 }
 
+/// Run the VM while serving the API on a thread of its own; the socket file is removed when
+/// `server` is dropped.
+fn run_with_api(vm: Vm, server: &ApiServer, config: &VmConfig) -> vmm::Result<VmExit> {
+    let handle = vm.start()?;
+    std::thread::scope(|s| {
+        let serving = std::thread::Builder::new()
+            .name("api".into())
+            .spawn_scoped(s, || server.serve(&handle, config));
+        if let Err(e) = serving {
+            log::warn!(
+                "no API thread ({e}); {} is not served",
+                server.path().display()
+            );
+            return;
+        }
+        while handle.state() != VmState::Stopped {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server.stop();
+    });
+    handle.wait()
+}
+
 fn report_exit(exit: &VmExit) -> i32 {
     match exit {
         VmExit::Poweroff | VmExit::Reset => 0,
+        // PUT /vm/reboot: the run ends as after a guest reboot.
+        VmExit::Stopped { reason } if reason == vmm::api::REBOOT_REASON => 0,
         VmExit::Stopped { reason } => {
             eprintln!("zhitong: guest stopped by {reason}");
             signals::exit_code_for(reason)
