@@ -1,5 +1,35 @@
 //! zhitong's VMM as a library: build a [`VmConfig`], create a [`Vm`] with a [`Console`], and
 //! [`Vm::run`] it until the guest powers off, reboots, crashes, or a [`Stopper`] ends it.
+//!
+//! ```no_run
+//! use std::time::{Duration, Instant};
+//! use vmm::{Console, Vm, VmConfig, VmExit};
+//!
+//! # fn main() -> vmm::Result<()> {
+//! let mut config = VmConfig::new("/boot/vmlinuz");
+//! config.kernel.initramfs = Some("/boot/initrd.img".into());
+//! config.kernel.cmdline = "quiet".into();
+//! config.machine.vcpus = 2;
+//! config.machine.memory_bytes = 1 << 30;
+//!
+//! // Checks everything that needs no KVM (files, sizes, devices); the console goes to any sink.
+//! let vm = Vm::new(config, Console::stdout(), Instant::now())?;
+//! let handle = vm.start()?; // the VM runs on a thread of its own
+//! println!("{}", handle.state()); // starting, running, paused, stopping, stopped
+//!
+//! // The ACPI power button now; a forced stop if the guest is still up 30 s later.
+//! handle.shutdown(Duration::from_secs(30)).ok();
+//! let timeline = handle.timeline();
+//! match handle.wait()? {
+//!     VmExit::Poweroff => println!("powered off; {}", timeline.to_json()),
+//!     other => println!("ended: {other:?}"),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`api`] serves the same controls over HTTP on a Unix socket (`zhitong run --api-socket`),
+//! and `examples/control_plane.rs` runs two VMs side by side.
 
 pub mod api;
 pub mod config;
