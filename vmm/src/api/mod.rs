@@ -126,19 +126,24 @@ pub fn respond(req: &Request, vm: &dyn VmControl, config: &VmConfig) -> Response
             if let Err(e) = body {
                 return e;
             }
-            let timeline: serde_json::Value =
-                serde_json::from_str(&vm.timeline_json()).unwrap_or(serde_json::Value::Null);
-            let config_json = serde_json::to_value(config).unwrap_or(serde_json::Value::Null);
+            // Built by hand so the keys keep their documented order (state first, the
+            // timeline's milestones in boot order).
+            let timeline = vm.timeline_json();
+            let timeline = match serde_json::from_str::<serde_json::Value>(&timeline) {
+                Ok(v) if v.is_object() => timeline,
+                _ => "null".to_owned(),
+            };
+            let config_json = serde_json::to_string(config).unwrap_or_else(|_| "null".into());
             let devices: Vec<String> = config.devices.iter().map(|d| d.to_string()).collect();
-            Response::json(
-                200,
-                &json!({
-                    "state": vm.state().to_string(),
-                    "config": config_json,
-                    "timeline": timeline,
-                    "devices": devices,
-                }),
-            )
+            let state = serde_json::Value::from(vm.state().to_string());
+            Response {
+                status: 200,
+                headers: Vec::new(),
+                body: format!(
+                    "{{\"state\":{state},\"config\":{config_json},\"timeline\":{timeline},\"devices\":{}}}",
+                    serde_json::Value::from(devices)
+                ),
+            }
         }
         Route::Pause | Route::Resume => {
             if let Err(e) = body_json(req) {
@@ -361,6 +366,17 @@ mod tests {
         assert_eq!(v["devices"], json!(["0000:01:00.0"]));
         assert!(v["timeline"]["vm_created_ms"].is_null());
         assert!(v["timeline"].as_object().unwrap().contains_key("exit_ms"));
+        let (_, _, r) = call(&vm, "GET", "/vm", "");
+        assert!(
+            r.body.starts_with("{\"state\":\"running\",\"config\":"),
+            "{}",
+            r.body
+        );
+        assert!(
+            r.body.find("vm_created_ms") < r.body.find("exit_ms"),
+            "{}",
+            r.body
+        );
         // The config in GET /vm is the VmConfig JSON: it reads back.
         let back: VmConfig = serde_json::from_value(v["config"].clone()).unwrap();
         assert_eq!(back, config());
