@@ -64,6 +64,9 @@ pub const ACPI_RESET_PORT: u16 = 0x602;
 pub const ACPI_RESET_VALUE: u8 = 0x1;
 /// SLP_TYP the DSDT's \_S5 object announces for soft-off.
 pub const ACPI_S5_SLEEP_TYPE: u8 = 5;
+/// IOAPIC pin of the ACPI power button's Generic Event Device (an ISA IRQ nothing else
+/// uses; edge-triggered, active-high like the other ISA lines).
+pub const POWER_BUTTON_GSI: u32 = 5;
 /// Guest marker port: the first byte a guest writes here is stamped on the boot timeline
 /// (a lab guest's init does it with `dd of=/dev/port`).
 pub const GUEST_MARKER_PORT: u16 = 0x4f0;

@@ -1,5 +1,5 @@
 //! The legacy platform devices on the port I/O bus: COM1, the i8042 reset line, the ACPI
-//! power-management registers and the guest marker port.
+//! power-management registers and the guest marker port; and the ACPI power button's line.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use arch::layout::{
     ACPI_RESET_VALUE, ACPI_S5_SLEEP_TYPE, ACPI_SLEEP_CONTROL_PORT, COM1_IRQ, COM1_PORT,
-    GUEST_MARKER_PORT, I8042_DATA_PORT,
+    GUEST_MARKER_PORT, I8042_DATA_PORT, POWER_BUTTON_GSI,
 };
 use devices::acpi_pm::{AcpiPm, ACPI_PM_LEN};
 use devices::i8042::I8042;
@@ -27,6 +27,8 @@ pub struct Platform {
     pub serial_signals: Arc<SerialSignals>,
     /// Set when the guest first writes to COM1 or the marker port: it is alive.
     pub guest_alive: Arc<AtomicBool>,
+    /// Signalling it presses the ACPI power button (an irqfd on the GED's GSI).
+    pub power_button: EventFd,
 }
 
 fn request_sink(exit: &Arc<ExitChannel>) -> RequestSink {
@@ -90,9 +92,14 @@ pub fn attach(
     }));
     insert(GUEST_MARKER_PORT, 1, Arc::new(Mutex::new(marker)))?;
 
+    let power_button = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("the power button"))?;
+    vm.register_irqfd(&power_button, POWER_BUTTON_GSI)
+        .map_err(Error::kvm("KVM_IRQFD (power button)"))?;
+
     Ok(Platform {
         serial,
         serial_signals,
         guest_alive,
+        power_button,
     })
 }

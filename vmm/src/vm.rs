@@ -129,6 +129,13 @@ fn run_vm(config: &VmConfig, console: Console, shared: &VmShared) -> Result<VmEx
     let pio = Arc::new(Bus::new());
     let mmio = Arc::new(Bus::new());
     let platform = platform::attach(&vm, &pio, exit, timeline, console.output)?;
+    let button = platform
+        .power_button
+        .try_clone()
+        .map_err(Error::io("the power button"))?;
+    let _ = shared.power_button.set(Box::new(move || {
+        let _ = button.write(1);
+    }));
     let pci_root = pci::create_root(&pio, &mmio, windows)?;
     let passed_through = vfio_devices::attach(
         &vm,

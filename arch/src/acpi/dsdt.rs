@@ -1,4 +1,4 @@
-//! DSDT: `\_S5_` (soft-off), COM1, and with PCI the host bridge and the ECAM reservation.
+//! DSDT: `\_S5_` (soft-off), COM1, the power button, and with PCI the host bridge and the ECAM reservation.
 
 use acpi_tables::{
     aml::{Device, EISAName, Interrupt, Name, Package, ResourceTemplate, Scope, IO, ZERO},
@@ -6,7 +6,7 @@ use acpi_tables::{
     Aml, AmlSink,
 };
 
-use super::{pci0, PciHostConfig, OEM_ID, OEM_REVISION, OEM_TABLE_ID};
+use super::{pci0, power_button, PciHostConfig, OEM_ID, OEM_REVISION, OEM_TABLE_ID};
 use crate::layout::{ACPI_S5_SLEEP_TYPE, COM1_IRQ, COM1_PORT};
 
 /// Revision 2: AML integers are 64-bit.
@@ -27,6 +27,7 @@ pub(super) fn build(pci: Option<&PciHostConfig>) -> Vec<u8> {
     s5().to_aml_bytes(&mut aml);
 
     let mut system_bus = com1();
+    system_bus.extend(power_button::devices());
     if let Some(pci) = pci {
         system_bus.extend(pci0::device(pci));
         system_bus.extend(pci0::ecam_reservation(pci));

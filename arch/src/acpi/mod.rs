@@ -13,6 +13,7 @@ mod mcfg;
 mod osc;
 mod pci;
 mod pci0;
+mod power_button;
 mod root;
 #[cfg(test)]
 mod tests;

@@ -453,3 +453,17 @@ fn bad_configs_are_refused() {
         Err(AcpiError::Mmio32Window { .. })
     ));
 }
+
+#[test]
+fn dsdt_has_the_power_button_and_its_event_device() {
+    let guest = Guest::boot(&config(1, None));
+    let dsdt = &guest.tables[b"DSDT"];
+    assert!(contains(dsdt, b"ACPI0013\0"), "no GED _HID");
+    assert!(contains(dsdt, b"PWRB"), "no power button device");
+    assert!(contains(dsdt, b"_EVT"), "no _EVT method");
+    // Notify (\_SB_.PWRB, 0x80): NotifyOp, the path, BytePrefix 0x80.
+    assert!(
+        contains(dsdt, b"\x86\\._SB_PWRB\x0a\x80"),
+        "no notify of PWRB with 0x80"
+    );
+}
