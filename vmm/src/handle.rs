@@ -157,6 +157,12 @@ impl VmHandle {
             .map_err(|_| ControlError::NotRunning(self.state()))
     }
 
+    /// End the VM now as a guest reboot would (a reset button): `wait` reports
+    /// `VmExit::Reset`. zhitong does not restart guests; the caller starts a new VM.
+    pub fn reset(&self) {
+        self.shared.exit.request(VmExit::Reset);
+    }
+
     /// End the VM now (no guest cooperation); `wait` reports `VmExit::Stopped`.
     pub fn stop(&self, reason: impl Into<String>) {
         self.shared.exit.request(VmExit::Stopped {
