@@ -33,7 +33,8 @@ pub trait VmControl: Sync {
     fn pause(&self) -> Result<(), ControlError>;
     fn resume(&self) -> Result<(), ControlError>;
     fn shutdown(&self, timeout: Duration) -> Result<(), ControlError>;
-    fn stop(&self, reason: &str);
+    /// End the VM now as a guest reboot would (`VmExit::Reset`).
+    fn reset(&self);
     /// The boot timeline as one JSON object.
     fn timeline_json(&self) -> String;
 }
@@ -51,8 +52,8 @@ impl VmControl for VmHandle {
     fn shutdown(&self, timeout: Duration) -> Result<(), ControlError> {
         VmHandle::shutdown(self, timeout)
     }
-    fn stop(&self, reason: &str) {
-        VmHandle::stop(self, reason)
+    fn reset(&self) {
+        VmHandle::reset(self)
     }
     fn timeline_json(&self) -> String {
         self.timeline().to_json()
@@ -81,9 +82,6 @@ pub const ROUTES: &[(&str, &str, Route)] = &[
 
 /// How long the guest gets to power off after PUT /vm/shutdown without a body.
 pub const DEFAULT_SHUTDOWN_TIMEOUT_S: u64 = 30;
-
-/// The reason `VmHandle::stop` is given for PUT /vm/reboot (the CLI reports it as a reboot).
-pub const REBOOT_REASON: &str = "reboot (API)";
 
 /// The body of PUT /vm/shutdown.
 #[derive(Debug, Default, Deserialize)]
@@ -202,7 +200,7 @@ pub fn respond(req: &Request, vm: &dyn VmControl, config: &VmConfig) -> Response
                     conflict(&ControlError::NotRunning(s), "reboot")
                 }
                 _ => {
-                    vm.stop(REBOOT_REASON);
+                    vm.reset();
                     state_reply(202, vm)
                 }
             }
@@ -315,8 +313,8 @@ pub(crate) mod tests_support {
                 }
             }
         }
-        fn stop(&self, reason: &str) {
-            self.calls.lock().unwrap().push(format!("stop {reason}"));
+        fn reset(&self) {
+            self.calls.lock().unwrap().push("reset".into());
             *self.state.lock().unwrap() = VmState::Stopping;
         }
         fn timeline_json(&self) -> String {
@@ -428,7 +426,7 @@ mod tests {
         let vm = FakeVm::new(VmState::Running);
         let (s, v, _) = call(&vm, "PUT", "/vm/reboot", "");
         assert_eq!((s, v["state"].as_str()), (202, Some("stopping")));
-        assert_eq!(*vm.calls.lock().unwrap(), [format!("stop {REBOOT_REASON}")]);
+        assert_eq!(*vm.calls.lock().unwrap(), ["reset"]);
     }
 
     #[test]

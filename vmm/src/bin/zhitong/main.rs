@@ -135,8 +135,6 @@ fn run_with_api(vm: Vm, server: &ApiServer, config: &VmConfig) -> vmm::Result<Vm
 fn report_exit(exit: &VmExit) -> i32 {
     match exit {
         VmExit::Poweroff | VmExit::Reset => 0,
-        // PUT /vm/reboot: the run ends as after a guest reboot.
-        VmExit::Stopped { reason } if reason == vmm::api::REBOOT_REASON => 0,
         VmExit::Stopped { reason } => {
             eprintln!("zhitong: guest stopped by {reason}");
             signals::exit_code_for(reason)
