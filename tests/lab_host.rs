@@ -20,10 +20,16 @@ fn lab() -> &'static LabRun {
             .l1_module("virtio_pci")
             .case(shell("devices", format!("{Z} devices")))
             .case(shell("check-before", format!("{Z} check --device {DEV}")))
-            .case(shell("run-unbound", format!("{Z} run --kernel /l2/vmlinux --device {DEV}")))
+            .case(shell(
+                "run-unbound",
+                format!("{Z} run --kernel /l2/vmlinux --device {DEV}"),
+            ))
             .case(shell("bind", format!("{Z} bind {DEV}")))
             .case(shell("bind-again", format!("{Z} bind {DEV}")))
-            .case(shell("check-after", format!("{Z} check --device {DEV} --json")))
+            .case(shell(
+                "check-after",
+                format!("{Z} check --device {DEV} --json"),
+            ))
             .case(Case::new("run").args(["--device", DEV]))
             .case(shell(
                 "unbind",
@@ -76,13 +82,22 @@ fn run_refuses_an_unbound_device_before_touching_it() {
 fn bind_moves_the_group_and_is_idempotent() {
     let c = case("bind");
     c.check(c.rc == Some(0), "bind exits 0");
-    c.check(c.console.contains("virtio-pci -> vfio-pci"), "bind says what moved");
+    c.check(
+        c.console.contains("virtio-pci -> vfio-pci"),
+        "bind says what moved",
+    );
     let again = case("bind-again");
     again.check(again.rc == Some(0), "second bind exits 0");
-    again.check(again.console.contains("nothing to do"), "second bind does nothing");
+    again.check(
+        again.console.contains("nothing to do"),
+        "second bind does nothing",
+    );
     let after = case("check-after");
     after.check(after.rc == Some(0), "check exits 0 once bound");
-    after.check(after.console.contains("\"ready\":true"), "check --json says ready");
+    after.check(
+        after.console.contains("\"ready\":true"),
+        "check --json says ready",
+    );
 }
 
 #[test]
@@ -95,12 +110,20 @@ fn run_passes_the_bound_device_through() {
 fn unbind_gives_the_device_back() {
     let c = case("unbind");
     c.check(c.rc == Some(0), "unbind exits 0");
-    c.check(c.console.contains("vfio-pci -> virtio-pci"), "unbind says what moved");
     c.check(
-        c.console.lines().any(|l| l.trim_end().ends_with("/virtio-pci")),
+        c.console.contains("vfio-pci -> virtio-pci"),
+        "unbind says what moved",
+    );
+    c.check(
+        c.console
+            .lines()
+            .any(|l| l.trim_end().ends_with("/virtio-pci")),
         "the device is back on virtio-pci",
     );
     let again = case("unbind-again");
     again.check(again.rc == Some(0), "second unbind exits 0");
-    again.check(again.console.contains("nothing to do"), "second unbind does nothing");
+    again.check(
+        again.console.contains("nothing to do"),
+        "second unbind does nothing",
+    );
 }
