@@ -81,6 +81,42 @@ impl VmConfig {
             boot_timeout: default_boot_timeout(),
         }
     }
+
+    /// Builder: the initramfs.
+    pub fn initramfs(mut self, path: impl Into<PathBuf>) -> Self {
+        self.kernel.initramfs = Some(path.into());
+        self
+    }
+
+    /// Builder: what the user wants on the kernel command line.
+    pub fn cmdline(mut self, cmdline: impl Into<String>) -> Self {
+        self.kernel.cmdline = cmdline.into();
+        self
+    }
+
+    /// Builder: the number of vCPUs (checked by `Vm::new`).
+    pub fn vcpus(mut self, vcpus: u8) -> Self {
+        self.machine.vcpus = vcpus;
+        self
+    }
+
+    /// Builder: guest RAM in bytes (checked by `Vm::new`).
+    pub fn memory(mut self, bytes: u64) -> Self {
+        self.machine.memory_bytes = bytes;
+        self
+    }
+
+    /// Builder: one more host PCI device to pass through.
+    pub fn device(mut self, bdf: crate::host::Bdf) -> Self {
+        self.devices.push(bdf);
+        self
+    }
+
+    /// Builder: the boot timeout (`None` waits forever).
+    pub fn boot_timeout(mut self, limit: Option<Duration>) -> Self {
+        self.boot_timeout = limit;
+        self
+    }
 }
 
 /// A configuration error: bad usage, reported with exit status 2.
@@ -293,6 +329,25 @@ mod tests {
         for bad in ["0", "255", "1000", "-1", "two", ""] {
             assert!(parse_vcpus(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn builder_sets_every_field() {
+        let cfg = VmConfig::new("/k")
+            .initramfs("/i")
+            .cmdline("quiet")
+            .vcpus(4)
+            .memory(2 << 30)
+            .device("01:00.0".parse().unwrap())
+            .boot_timeout(None);
+        assert_eq!(
+            cfg.kernel.initramfs.as_deref(),
+            Some(std::path::Path::new("/i"))
+        );
+        assert_eq!(cfg.kernel.cmdline, "quiet");
+        assert_eq!((cfg.machine.vcpus, cfg.machine.memory_bytes), (4, 2 << 30));
+        assert_eq!(cfg.devices.len(), 1);
+        assert_eq!(cfg.boot_timeout, None);
     }
 
     #[test]
