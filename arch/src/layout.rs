@@ -70,6 +70,11 @@ pub const POWER_BUTTON_GSI: u32 = 5;
 /// Guest marker port: the first byte a guest writes here is stamped on the boot timeline
 /// (a lab guest's init does it with `dd of=/dev/port`).
 pub const GUEST_MARKER_PORT: u16 = 0x4f0;
+/// Guest exit port (like QEMU's isa-debug-exit, but the status is the byte itself): a byte
+/// written here ends the VM with that exit status (`VmExit::GuestStatus`), and
+/// `zhitong run` exits with it. A guest's init does it with
+/// `printf '\003' | dd of=/dev/port bs=1 seek=$((0x4f4)) count=1` (see resources/guest-exit.sh).
+pub const GUEST_EXIT_PORT: u16 = 0x4f4;
 /// PCI configuration mechanism #1.
 pub const PCI_CONFIG_ADDRESS_PORT: u16 = 0xcf8;
 pub const PCI_CONFIG_DATA_PORT: u16 = 0xcfc;

@@ -4,6 +4,7 @@
 
 pub mod acpi_pm;
 pub mod bus;
+pub mod guest_exit;
 pub mod i8042;
 pub mod marker;
 pub mod pci;
@@ -18,6 +19,8 @@ pub use bus::{Bus, BusDevice, BusError};
 pub enum GuestRequest {
     Poweroff,
     Reset,
+    /// End the VM with this exit status (the guest exit port).
+    ExitStatus(u8),
 }
 
 /// How devices deliver a `GuestRequest` to whoever runs the VM.

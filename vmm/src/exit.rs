@@ -13,6 +13,11 @@ pub enum VmExit {
     /// The guest rebooted (ACPI reset register, i8042, or a KVM reset event). zhitong does
     /// not restart guests: a reboot ends the run like a poweroff.
     Reset,
+    /// The guest chose its exit status by writing it to the guest exit port
+    /// (`arch::layout::GUEST_EXIT_PORT`, 0x4f4).
+    GuestStatus(u8),
+    /// The VM ran longer than its `VmConfig::timeout` and was stopped.
+    Timeout(Duration),
     /// The caller asked the VM to stop (e.g. SIGINT/SIGTERM in the CLI).
     Stopped { reason: String },
     /// The guest showed no sign of life in time.
@@ -24,7 +29,10 @@ pub enum VmExit {
 impl VmExit {
     /// Whether this is a normal end of the guest's life.
     pub fn is_clean(&self) -> bool {
-        matches!(self, VmExit::Poweroff | VmExit::Reset)
+        matches!(
+            self,
+            VmExit::Poweroff | VmExit::Reset | VmExit::GuestStatus(0)
+        )
     }
 }
 
@@ -104,6 +112,8 @@ mod tests {
     fn clean_exits() {
         assert!(VmExit::Poweroff.is_clean());
         assert!(VmExit::Reset.is_clean());
+        assert!(VmExit::GuestStatus(0).is_clean());
+        assert!(!VmExit::GuestStatus(3).is_clean());
         assert!(!VmExit::BootTimeout(Duration::from_secs(1)).is_clean());
     }
 }

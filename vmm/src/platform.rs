@@ -1,5 +1,5 @@
 //! The legacy platform devices on the port I/O bus: COM1, the i8042 reset line, the ACPI
-//! power-management registers and the guest marker port; and the ACPI power button's line.
+//! power-management registers, the guest marker port and the guest exit port; and the ACPI power button's line.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,9 +7,10 @@ use std::sync::{Arc, Mutex};
 
 use arch::layout::{
     ACPI_RESET_VALUE, ACPI_S5_SLEEP_TYPE, ACPI_SLEEP_CONTROL_PORT, COM1_IRQ, COM1_PORT,
-    GUEST_MARKER_PORT, I8042_DATA_PORT, POWER_BUTTON_GSI,
+    GUEST_EXIT_PORT, GUEST_MARKER_PORT, I8042_DATA_PORT, POWER_BUTTON_GSI,
 };
 use devices::acpi_pm::{AcpiPm, ACPI_PM_LEN};
+use devices::guest_exit::GuestExit;
 use devices::i8042::I8042;
 use devices::marker::GuestMarker;
 use devices::serial::{SerialDevice, SerialSignals, Unbuffered};
@@ -37,6 +38,7 @@ fn request_sink(exit: &Arc<ExitChannel>) -> RequestSink {
         exit.request(match request {
             GuestRequest::Poweroff => VmExit::Poweroff,
             GuestRequest::Reset => VmExit::Reset,
+            GuestRequest::ExitStatus(status) => VmExit::GuestStatus(status),
         })
     })
 }
@@ -91,6 +93,11 @@ pub fn attach(
         log::debug!("guest marker {value:#x}");
     }));
     insert(GUEST_MARKER_PORT, 1, Arc::new(Mutex::new(marker)))?;
+    insert(
+        GUEST_EXIT_PORT,
+        1,
+        Arc::new(Mutex::new(GuestExit::new(request_sink(exit)))),
+    )?;
 
     let power_button = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("the power button"))?;
     vm.register_irqfd(&power_button, POWER_BUTTON_GSI)

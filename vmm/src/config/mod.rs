@@ -195,6 +195,20 @@ pub fn parse_duration(text: &str) -> Result<Duration, ConfigError> {
     ))
 }
 
+/// A duration as the CLI writes it: `90s`, `5m`, `1h`, `500ms`.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if !ms.is_multiple_of(1000) {
+        format!("{ms}ms")
+    } else if ms.is_multiple_of(3_600_000) && ms > 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms.is_multiple_of(60_000) && ms > 0 {
+        format!("{}m", ms / 60_000)
+    } else {
+        format!("{}s", ms / 1000)
+    }
+}
+
 /// A byte count as the largest unit that divides it, e.g. 512M, 4G, 12345K.
 pub fn format_size(bytes: u64) -> String {
     for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
@@ -311,6 +325,13 @@ mod tests {
         assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
         for bad in ["", "s", "1.5s", "-1", "10x", "ms"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn durations_format_back() {
+        for text in ["90s", "5m", "1h", "500ms", "0s", "1500ms"] {
+            assert_eq!(format_duration(parse_duration(text).unwrap()), text);
         }
     }
 

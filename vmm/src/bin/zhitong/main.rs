@@ -1,4 +1,5 @@
-//! The `zhitong` command. Exit status: 0 when the guest powers off or reboots, 1 when the
+//! The `zhitong` command. Exit status: 0 when the guest powers off or reboots, the byte the
+//! guest wrote to the guest exit port (0x4f4), 124 when `--timeout` stopped it, 1 when the
 //! host or the guest fails, 2 for bad usage, 128+N when stopped by signal N. `devices`,
 //! `check`, `bind` and `unbind` exit 0 on success (check: ready), 1 otherwise, 2 for bad usage.
 //! `api` exits 0 when the server answers 2xx, 1 otherwise, 2 for bad usage.
@@ -135,6 +136,14 @@ fn run_with_api(vm: Vm, server: &ApiServer, config: &VmConfig) -> vmm::Result<Vm
 fn report_exit(exit: &VmExit) -> i32 {
     match exit {
         VmExit::Poweroff | VmExit::Reset => 0,
+        VmExit::GuestStatus(status) => i32::from(*status),
+        VmExit::Timeout(limit) => {
+            eprintln!(
+                "zhitong: the guest was stopped after running for the --timeout of {}; let it power off sooner or raise --timeout",
+                vmm::config::format_duration(*limit)
+            );
+            124
+        }
         VmExit::Stopped { reason } => {
             eprintln!("zhitong: guest stopped by {reason}");
             signals::exit_code_for(reason)
