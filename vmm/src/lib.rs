@@ -53,7 +53,7 @@ mod vfio_devices;
 mod vm;
 
 pub use config::{KernelConfig, MachineConfig, VmConfig};
-pub use console::Console;
+pub use console::{Console, Timestamped};
 pub use error::{Error, Result};
 pub use exit::VmExit;
 pub use handle::{ControlError, VmHandle, VmState};

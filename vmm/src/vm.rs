@@ -87,6 +87,9 @@ impl Vm {
             exit,
             timeline,
         } = self;
+        if let Some(limit) = config.timeout {
+            start_run_timer(&exit, limit)?;
+        }
         let shared = Arc::new(VmShared::new(exit, timeline));
         let vm_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -106,6 +109,22 @@ impl Vm {
     pub fn run(self) -> Result<VmExit> {
         self.start()?.wait()
     }
+}
+
+/// `VmConfig::timeout`: a thread that ends the VM with `VmExit::Timeout` when it is still
+/// running `limit` after `start`, and goes away as soon as the VM ends by itself. The stop is
+/// the normal teardown path, so every device is released as after a poweroff.
+fn start_run_timer(exit: &Arc<ExitChannel>, limit: std::time::Duration) -> Result<()> {
+    let exit = exit.clone();
+    std::thread::Builder::new()
+        .name("run-timer".into())
+        .spawn(move || {
+            if !exit.wait_timeout(limit) {
+                exit.request(VmExit::Timeout(limit));
+            }
+        })
+        .map(|_| ())
+        .map_err(Error::io("the run timer"))
 }
 
 fn run_vm(config: &VmConfig, console: Console, shared: &VmShared) -> Result<VmExit> {

@@ -98,7 +98,7 @@ mod tests {
         let cfg = parse(
             r#"{"kernel": {"path": "/k", "initramfs": "/i", "cmdline": "quiet"},
                 "machine": {"vcpus": 2, "memory": "4G"},
-                "devices": ["01:00.0"], "boot_timeout": "90s"}"#,
+                "devices": ["01:00.0"], "boot_timeout": "90s", "timeout": "5m"}"#,
             false,
         )
         .unwrap();
@@ -107,6 +107,7 @@ mod tests {
         assert_eq!((cfg.machine.vcpus, cfg.machine.memory_bytes), (2, 4 << 30));
         assert_eq!(cfg.devices[0].to_string(), "0000:01:00.0");
         assert_eq!(cfg.boot_timeout, Some(Duration::from_secs(90)));
+        assert_eq!(cfg.timeout, Some(Duration::from_secs(300)));
     }
 
     #[test]
@@ -116,6 +117,7 @@ mod tests {
         assert_eq!(cfg.machine.memory_bytes, 512 << 20);
         assert_eq!(cfg.boot_timeout, Some(Duration::from_secs(60)));
         assert!(cfg.devices.is_empty());
+        assert_eq!(cfg.timeout, None);
         let cfg = parse(
             "boot_timeout = 0\n[kernel]\npath = \"/k\"\n[machine]\nmemory = 1073741824\n",
             true,

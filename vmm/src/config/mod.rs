@@ -58,6 +58,14 @@ pub struct VmConfig {
     /// this time: a kernel that never boots. `None` waits forever.
     #[serde(default = "default_boot_timeout", with = "file::duration")]
     pub boot_timeout: Option<Duration>,
+    /// Stop the VM when it is still running this long after `Vm::start` (`VmExit::Timeout`;
+    /// `zhitong run --timeout` exits 124, like timeout(1)). `None` (the default) lets it run.
+    #[serde(
+        default,
+        with = "file::duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
 }
 
 /// How long a guest may stay silent at boot before the run fails.
@@ -79,6 +87,7 @@ impl VmConfig {
             machine: MachineConfig::default(),
             devices: Vec::new(),
             boot_timeout: default_boot_timeout(),
+            timeout: None,
         }
     }
 
@@ -109,6 +118,12 @@ impl VmConfig {
     /// Builder: one more host PCI device to pass through.
     pub fn device(mut self, bdf: crate::host::Bdf) -> Self {
         self.devices.push(bdf);
+        self
+    }
+
+    /// Builder: the run time limit (`None` lets the guest run until it ends).
+    pub fn timeout(mut self, limit: Option<Duration>) -> Self {
+        self.timeout = limit;
         self
     }
 
@@ -360,7 +375,8 @@ mod tests {
             .vcpus(4)
             .memory(2 << 30)
             .device("01:00.0".parse().unwrap())
-            .boot_timeout(None);
+            .boot_timeout(None)
+            .timeout(Some(Duration::from_secs(5)));
         assert_eq!(
             cfg.kernel.initramfs.as_deref(),
             Some(std::path::Path::new("/i"))
@@ -369,6 +385,7 @@ mod tests {
         assert_eq!((cfg.machine.vcpus, cfg.machine.memory_bytes), (4, 2 << 30));
         assert_eq!(cfg.devices.len(), 1);
         assert_eq!(cfg.boot_timeout, None);
+        assert_eq!(cfg.timeout, Some(Duration::from_secs(5)));
     }
 
     #[test]

@@ -139,6 +139,16 @@ pub struct RunArgs {
     /// Serve the control API (HTTP/1.1 + JSON, see docs/api.md) on this Unix socket.
     #[arg(long, value_name = "PATH")]
     pub api_socket: Option<PathBuf>,
+    /// Stop the guest when it still runs after this long (e.g. 10m): every device is
+    /// released and zhitong exits 124, like timeout(1).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub timeout: Option<Duration>,
+    /// Also write the guest's console to FILE (created or truncated); stdout is unchanged.
+    #[arg(long, value_name = "FILE")]
+    pub console_log: Option<PathBuf>,
+    /// Prefix each line in the --console-log file with "[   12.345] ", seconds since start.
+    #[arg(long, requires = "console_log")]
+    pub console_timestamps: bool,
 }
 
 fn parse_device_arg(s: &str) -> Result<Bdf, String> {
@@ -185,6 +195,9 @@ impl RunArgs {
         }
         if let Some(limit) = self.boot_timeout {
             cfg.boot_timeout = (!limit.is_zero()).then_some(limit);
+        }
+        if let Some(limit) = self.timeout {
+            cfg.timeout = (!limit.is_zero()).then_some(limit);
         }
         Ok(cfg)
     }
@@ -300,6 +313,11 @@ mod tests {
             "0000:01:00.0",
             "--device",
             "/sys/bus/pci/devices/0000:02:00.1",
+            "--timeout",
+            "90s",
+            "--console-log",
+            "/tmp/c.log",
+            "--console-timestamps",
         ]);
         let Parsed::Run(cli) = p else { panic!("{p:?}") };
         let Command::Run(args) = cli.command else {
@@ -313,6 +331,9 @@ mod tests {
         assert_eq!(cfg.boot_timeout, None);
         let devices: Vec<String> = cfg.devices.iter().map(|d| d.to_string()).collect();
         assert_eq!(devices, ["0000:01:00.0", "0000:02:00.1"]);
+        assert_eq!(cfg.timeout, Some(Duration::from_secs(90)));
+        assert_eq!(args.console_log, Some(PathBuf::from("/tmp/c.log")));
+        assert!(args.console_timestamps);
     }
 
     #[test]
@@ -323,6 +344,8 @@ mod tests {
             (run_args(&["--memory", "lots"]), "512M or 4G"),
             (run_args(&["--frobnicate"]), "--frobnicate"),
             (run_args(&["--device", "gpu0"]), "0000:01:00.0"),
+            (run_args(&["--timeout", "soon"]), "90s"),
+            (run_args(&["--console-timestamps"]), "--console-log"),
             (parse(["zhitong", "run"]), "--kernel"),
             (parse(["zhitong", "fly"]), "fly"),
             (parse(["zhitong"]), "zhitong run --kernel PATH"),

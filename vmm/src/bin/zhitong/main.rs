@@ -74,10 +74,27 @@ fn run(args: &RunArgs, start: Instant) -> i32 {
         },
         None => None,
     };
-    let console = Console {
+    let mut console = Console {
         output: Box::new(std::io::stdout()),
         input: stdin_for_console(),
     };
+    if let Some(path) = &args.console_log {
+        let file = match File::create(path) {
+            Ok(file) => file,
+            Err(e) => {
+                eprintln!(
+                    "zhitong: cannot create the console log {}: {e}; check the path given to --console-log",
+                    path.display()
+                );
+                return 2;
+            }
+        };
+        console = if args.console_timestamps {
+            console.tee(vmm::Timestamped::new(file, start))
+        } else {
+            console.tee(file)
+        };
+    }
     let vm = match Vm::new(config, console, start) {
         Ok(vm) => vm,
         Err(e) => {
