@@ -37,6 +37,28 @@ pub enum Command {
     /// Talk to a running VM's API socket ('zhitong run --api-socket PATH'); prints its JSON.
     /// Exit 0 on success, 1 when the server refuses, 2 for bad usage.
     Api(ApiArgs),
+    /// Run a matrix of VMs one after another (a TOML file of [[case]]s); one line per case,
+    /// a log per case, a JUnit report. Exit 0 when every case met its expected status.
+    Test(TestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// The matrix: [[case]] tables, each a VM configuration plus name, expect, timeout.
+    #[arg(value_name = "MATRIX.toml")]
+    pub matrix: PathBuf,
+    /// Write a JUnit XML report here.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// The directory for each case's console log, <name>.log [default: zhitong-logs].
+    #[arg(long, value_name = "DIR")]
+    pub logs: Option<PathBuf>,
+    /// Run only the cases whose name contains this text.
+    #[arg(long, value_name = "SUBSTR")]
+    pub filter: Option<String>,
+    /// Stop at the first case that does not meet its expectation (the rest are skipped).
+    #[arg(long)]
+    pub fail_fast: bool,
 }
 
 #[derive(Debug, Args)]
@@ -229,7 +251,7 @@ where
             }
             ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
                 Parsed::Usage(
-                    "no command given; use 'zhitong run --kernel PATH', or devices, check, bind, unbind, api (see 'zhitong --help')"
+                    "no command given; use 'zhitong run --kernel PATH', or test, devices, check, bind, unbind, api (see 'zhitong --help')"
                         .into(),
                 )
             }
@@ -244,7 +266,7 @@ fn subcommand_name(args: &[std::ffi::OsString]) -> &'static str {
         .iter()
         .skip(1)
         .find_map(|a| a.to_str().filter(|a| !a.starts_with('-')));
-    ["run", "devices", "check", "bind", "unbind", "api"]
+    ["run", "devices", "check", "bind", "unbind", "api", "test"]
         .into_iter()
         .find(|c| typed == Some(*c))
         .unwrap_or("run")
@@ -504,6 +526,37 @@ mod tests {
             assert!(!msg.contains('\n'), "not one line: {msg}");
             assert!(msg.contains(needle), "{msg:?} lacks {needle:?}");
         }
+    }
+
+    #[test]
+    fn test_command() {
+        let Parsed::Run(Cli {
+            command: Command::Test(args),
+        }) = parse([
+            "zhitong",
+            "test",
+            "m.toml",
+            "--junit",
+            "j.xml",
+            "--logs",
+            "l",
+            "--filter",
+            "gpu",
+            "--fail-fast",
+        ])
+        else {
+            panic!()
+        };
+        assert_eq!(args.matrix, PathBuf::from("m.toml"));
+        assert_eq!(args.junit, Some(PathBuf::from("j.xml")));
+        assert_eq!(args.logs, Some(PathBuf::from("l")));
+        assert_eq!(args.filter.as_deref(), Some("gpu"));
+        assert!(args.fail_fast);
+        let msg = usage(parse(["zhitong", "test"]));
+        assert!(
+            msg.contains("zhitong test --help") && !msg.contains('\n'),
+            "{msg}"
+        );
     }
 
     #[test]

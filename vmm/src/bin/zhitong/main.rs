@@ -2,16 +2,20 @@
 //! guest wrote to the guest exit port (0x4f4), 124 when `--timeout` stopped it, 1 when the
 //! host or the guest fails, 2 for bad usage, 128+N when stopped by signal N. `devices`,
 //! `check`, `bind` and `unbind` exit 0 on success (check: ready), 1 otherwise, 2 for bad usage.
-//! `api` exits 0 when the server answers 2xx, 1 otherwise, 2 for bad usage.
+//! `api` exits 0 when the server answers 2xx, 1 otherwise, 2 for bad usage. `test` exits 0
+//! when every case met its expected status, 1 otherwise, 2 for a bad matrix, 128+N on signal N.
 
 mod api;
 mod bind;
 mod check;
 mod cli;
 mod devices;
+mod junit;
 mod logger;
+mod matrix;
 mod signals;
 mod terminal;
+mod test_cmd;
 
 use std::fs::File;
 use std::io::Write;
@@ -41,6 +45,7 @@ fn main() {
             Command::Bind(args) => bind::bind_main(&args),
             Command::Unbind(args) => bind::unbind_main(&args),
             Command::Api(args) => api::main(&args),
+            Command::Test(args) => test_cmd::main(&args),
         },
     };
     std::process::exit(code);
