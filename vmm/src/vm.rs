@@ -203,6 +203,13 @@ fn run_vm(config: &VmConfig, console: Console, shared: &VmShared) -> Result<VmEx
     if let Some(devices) = passed_through {
         devices.release(&mem);
     }
+    // The PCI root and the buses hold each other (the root maps BARs on them, they route
+    // config cycles to it): empty the buses so everything on them, VFIO devices and their
+    // group files included, is closed now and not leaked. The next VM in this process (zhitong
+    // test, a control plane) can then open the same devices.
+    vcpu_shared.pio.clear();
+    vcpu_shared.mmio.clear();
+    drop(pci_root);
     outcome
 }
 
