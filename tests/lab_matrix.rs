@@ -3,7 +3,8 @@
 //! the guest exit port, one that hangs and hits its timeout. Each case's guest loads the GPU's
 //! native driver, so every case proves it got the device from the one before. Then a strict
 //! matrix (every case expects 0, `--filter exits`) must fail with exit 1, after the timed-out
-//! case released the device. One L0 boot.
+//! case released the device. Last, `zhitong run --timeout 15s --console-log` on the hanging
+//! guest exits 124 and leaves a timestamped log. One L0 boot.
 
 use std::sync::OnceLock;
 
@@ -54,6 +55,11 @@ echo "STRICT: rc=$?"
 sed 's/^/STRICT: /' /tmp/summary
 grep -c '<failure' /tmp/strict.xml | sed 's/^/STRICT: failures=/'
 sed 's/^/LOG strict: /' /tmp/strict/exits-3.log
+$Z run --kernel /l2/vmlinux --initramfs /l2/img-hang.img --cmdline 'console=ttyS0 quiet panic=-1' --device 0000:00:04.0 --timeout 15s --console-log /tmp/run.log --console-timestamps >/tmp/run.out 2>/tmp/run.err
+echo "RUN: rc=$?"
+sed 's/^/RUN: stderr: /' /tmp/run.err
+echo "RUN: stdout_ready=$(grep -c 'L2: gpu ready in hangs' /tmp/run.out)"
+sed 's/^/RUN log: /' /tmp/run.log
 "#;
 
 fn lab() -> &'static LabRun {
@@ -198,5 +204,38 @@ fn a_case_that_misses_its_expectation_fails_the_run() {
     c.check(
         has_line("STRICT: ", |l| l == "failures=1"),
         "the JUnit report has the failure",
+    );
+}
+
+#[test]
+fn run_timeout_exits_124_and_the_console_log_is_timestamped() {
+    let c = matrix_case();
+    let run = lines("RUN: ");
+    eprintln!("{}", run.join("\n"));
+    c.check(
+        run.first().map(String::as_str) == Some("rc=124"),
+        "exit 124",
+    );
+    c.check(
+        run.iter().any(|l| {
+            l.starts_with(
+                "stderr: zhitong: the guest was stopped after running for the --timeout of 15s",
+            )
+        }),
+        "one stderr line naming the limit",
+    );
+    c.check(
+        run.iter().any(|l| l == "stdout_ready=1"),
+        "stdout still carries the console",
+    );
+    let log = lines("RUN log: ");
+    c.check(
+        log.iter().any(|l| {
+            l.len() > 12
+                && l.starts_with('[')
+                && &l[10..12] == "] "
+                && l.ends_with("L2: gpu ready in hangs")
+        }),
+        "the log file has the console with [   12.345] stamps",
     );
 }
