@@ -113,7 +113,11 @@ fn lab() -> &'static LabRun {
             .case(Case::new("memory-too-big").timings(false).memory("64G"))
             .case(Case::new("cpus0").timings(false).cpus(0));
         let run = lab.run().map_err(|e| e.to_string())?;
-        eprintln!("lab_boot: L0 run took {:.1} s", run.elapsed.as_secs_f64());
+        eprintln!(
+            "lab_boot: L0 run took {:.1} s (boots: {})",
+            run.elapsed.as_secs_f64(),
+            run.boots
+        );
         for c in &run.cases {
             eprintln!("lab_boot: case {} rc={:?} in {:?}", c.name, c.rc, c.elapsed);
         }

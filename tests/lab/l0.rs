@@ -16,6 +16,8 @@ pub const QEMU: &str = "qemu-system-x86_64";
 #[derive(Clone, Debug)]
 pub struct L0 {
     pub memory: String,
+    /// `-accel` (default "tcg,thread=multi")
+    pub accel: String,
     pub smp: u32,
     pub cpu: String,
     /// Options of `-device intel-iommu` (e.g. add ",intremap=off" for INTx cases).
@@ -29,12 +31,15 @@ pub struct L0 {
     /// bzImage, which decompresses itself under TCG.
     pub boot_elf: bool,
     pub timeout: Duration,
+    /// Killed as hung when the console is silent this long (default 90 s).
+    pub stall: Duration,
 }
 
 impl Default for L0 {
     fn default() -> L0 {
         L0 {
             memory: "3G".into(),
+            accel: "tcg,thread=multi".into(),
             smp: 2,
             cpu: "EPYC".into(),
             iommu: "caching-mode=on,aw-bits=48".into(),
@@ -43,6 +48,7 @@ impl Default for L0 {
             append: "console=ttyS0 intel_iommu=on iommu=pt quiet panic=-1".into(),
             boot_elf: true,
             timeout: Duration::from_secs(300),
+            stall: Duration::from_secs(90),
         }
     }
 }
@@ -55,7 +61,9 @@ pub struct L0Output {
     /// QEMU's own stderr (warnings, errors)
     pub stderr: String,
     pub timed_out: bool,
-    /// On a timeout: L0's vCPU registers (`info registers -a`), if QMP was on
+    /// Killed after `stall` without a console line
+    pub stalled: bool,
+    /// On a timeout or stall: L0's vCPU registers (`info registers -a`), if QMP was on
     pub hang_registers: Option<String>,
     pub exit: Option<i32>,
     pub elapsed: Duration,
@@ -64,7 +72,7 @@ pub struct L0Output {
 impl L0 {
     pub fn command(&self, kernel: &Path, initrd: &Path) -> Command {
         let mut cmd = Command::new(QEMU);
-        cmd.args(["-machine", "q35", "-accel", "tcg,thread=multi"])
+        cmd.args(["-machine", "q35", "-accel", &self.accel])
             .args([
                 "-cpu",
                 &self.cpu,
@@ -131,10 +139,11 @@ impl L0 {
         let mut console = String::new();
         let mut lines = Vec::new();
         let mut timed_out = false;
+        let mut stalled = false;
         let mut hang_registers = None;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
+            match rx.recv_timeout(left.min(self.stall)) {
                 Ok(line) => {
                     on_line(&line);
                     console.push_str(&line);
@@ -143,7 +152,11 @@ impl L0 {
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    timed_out = true;
+                    if left <= self.stall {
+                        timed_out = true;
+                    } else {
+                        stalled = true;
+                    }
                     hang_registers = self.qmp.as_deref().map(|sock| {
                         crate::qmp::Qmp::connect(sock)
                             .and_then(|mut q| q.hmp("info registers -a"))
@@ -162,6 +175,7 @@ impl L0 {
             lines,
             stderr,
             timed_out,
+            stalled,
             hang_registers,
             exit: status.code(),
             elapsed: start.elapsed(),

@@ -128,6 +128,8 @@ pub struct Lab {
     l1_lines: Vec<String>,
     files: Vec<(String, Vec<u8>, u32)>,
     bind: Vec<String>,
+    retries: u32,
+    before_boot: Option<Box<dyn FnMut() -> Result<()>>>,
 }
 
 impl Lab {
@@ -149,6 +151,8 @@ impl Lab {
             l1_lines: Vec::new(),
             files: Vec::new(),
             bind: Vec::new(),
+            retries: 1,
+            before_boot: None,
         })
     }
 
@@ -161,6 +165,18 @@ impl Lab {
     /// L0's RAM (default 3G; a 4G L2 needs about 6G).
     pub fn memory(mut self, size: &str) -> Lab {
         self.l0.memory = size.into();
+        self
+    }
+
+    /// How many times L0 is booted again after a hang (default 1; see L0::stall).
+    pub fn retries(mut self, n: u32) -> Lab {
+        self.retries = n;
+        self
+    }
+
+    /// Runs before each boot of L0 (e.g. to reset the files backing L0's devices).
+    pub fn before_boot(mut self, f: impl FnMut() -> Result<()> + 'static) -> Lab {
+        self.before_boot = Some(Box::new(f));
         self
     }
 
@@ -231,7 +247,7 @@ impl Lab {
     }
 
     /// Runs, showing each console line to `on_line` as it arrives.
-    pub fn run_with(self, mut on_line: impl FnMut(&str)) -> Result<LabRun> {
+    pub fn run_with(mut self, mut on_line: impl FnMut(&str)) -> Result<LabRun> {
         let needs_zhitong = self
             .cases
             .iter()
@@ -259,11 +275,6 @@ impl Lab {
         };
         l1::build(&spec, &dir, &l1_img)?;
 
-        for e in std::fs::read_dir(&dir)?.flatten() {
-            if e.path().extension().is_some_and(|x| x == "ppm") {
-                std::fs::remove_file(e.path())?;
-            }
-        }
         // QMP, for screendumps (see ppm.rs) and registers on a hang.
         let qmp = std::env::temp_dir().join(format!(
             "zhitong-lab-{}-{}.qmp",
@@ -272,44 +283,32 @@ impl Lab {
         ));
         let mut l0 = self.l0.clone();
         l0.qmp = Some(qmp.clone());
-        let mut screendumps = ppm::Screendumps::new(qmp.clone(), dir.clone());
-
         let l1_kernel = if self.l0.boot_elf {
             &self.kernel.vmlinux
         } else {
             &self.kernel.vmlinuz
         };
-        // console.log grows line by line, so a hung run can be watched.
-        let mut log = std::io::BufWriter::new(std::fs::File::create(dir.join("console.log"))?);
-        let out = l0.run(l1_kernel, &l1_img, &mut |line: &str| {
-            use std::io::Write;
-            let _ = writeln!(log, "{line}").and_then(|_| log.flush());
-            screendumps.on_line(line);
-            on_line(line);
-        });
-        let _ = std::fs::remove_file(&qmp);
-        let out = out?;
-        drop(log);
-        let mut console = out.console;
-        for note in &screendumps.notes {
-            console.push_str(&format!("[lab: {note}]\n"));
-        }
-        if out.timed_out {
-            console.push_str(&format!("[lab: L0 killed after {:?}]\n", self.l0.timeout));
-            if let Some(regs) = &out.hang_registers {
-                console.push_str(&format!("[lab: L0 vCPUs when killed]\n{regs}\n"));
+        let mut attempt = 1;
+        let (out, console) = loop {
+            if let Some(f) = &mut self.before_boot {
+                f()?;
             }
-        }
-        // TCG lacks a few of EPYC's features and says so: not news.
-        let stderr: Vec<&str> = out
-            .stderr
-            .lines()
-            .filter(|l| !l.contains("TCG doesn't support requested feature"))
-            .collect();
-        if !stderr.is_empty() {
-            console.push_str(&format!("[lab: L0 stderr]\n{}\n", stderr.join("\n")));
-        }
-        std::fs::write(dir.join("console.log"), &console)?;
+            let (out, console) = boot(&l0, l1_kernel, &l1_img, &dir, &qmp, &mut on_line)?;
+            let hung = out.timed_out || out.stalled;
+            if !hung || attempt > self.retries {
+                break (out, console);
+            }
+            // The nested lab (TCG under TCG) now and then stops making progress for
+            // minutes, whatever the VMM; one more boot tells a flake from a bug.
+            let kept = dir.join(format!("console-hung-{attempt}.log"));
+            std::fs::rename(dir.join("console.log"), &kept)?;
+            eprintln!(
+                "lab {}: L0 hung (see {}); booting it again",
+                self.name,
+                kept.display()
+            );
+            attempt += 1;
+        };
         let console = Arc::new(console);
         let names: Vec<String> = self.cases.iter().map(|c| c.name.clone()).collect();
         Ok(LabRun {
@@ -320,11 +319,67 @@ impl Lab {
                 .find(|(_, l)| l.contains("L1: kvm ready"))
                 .map(|(t, _)| *t),
             console,
-            timed_out: out.timed_out,
+            timed_out: out.timed_out || out.stalled,
+            boots: attempt,
             elapsed: out.elapsed,
             out_dir: dir,
         })
     }
+}
+
+/// One boot of L0 with L1's image: its output, and the console with the lab's notes.
+fn boot(
+    l0: &L0,
+    kernel: &Path,
+    l1_img: &Path,
+    dir: &Path,
+    qmp: &Path,
+    on_line: &mut dyn FnMut(&str),
+) -> Result<(l0::L0Output, String)> {
+    for e in std::fs::read_dir(dir)?.flatten() {
+        if e.path().extension().is_some_and(|x| x == "ppm") {
+            std::fs::remove_file(e.path())?;
+        }
+    }
+    let mut screendumps = ppm::Screendumps::new(qmp.to_path_buf(), dir.to_path_buf());
+    // console.log grows line by line, so a hung run can be watched.
+    let mut log = std::io::BufWriter::new(std::fs::File::create(dir.join("console.log"))?);
+    let out = l0.run(kernel, l1_img, &mut |line: &str| {
+        use std::io::Write;
+        let _ = writeln!(log, "{line}").and_then(|_| log.flush());
+        screendumps.on_line(line);
+        on_line(line);
+    });
+    let _ = std::fs::remove_file(qmp);
+    let out = out?;
+    drop(log);
+    let mut console = out.console.clone();
+    for note in &screendumps.notes {
+        console.push_str(&format!("[lab: {note}]\n"));
+    }
+    if out.timed_out {
+        console.push_str(&format!("[lab: L0 killed after {:?}]\n", l0.timeout));
+    }
+    if out.stalled {
+        console.push_str(&format!(
+            "[lab: L0 killed: no console output for {:?}]\n",
+            l0.stall
+        ));
+    }
+    if let Some(regs) = &out.hang_registers {
+        console.push_str(&format!("[lab: L0 vCPUs when killed]\n{regs}\n"));
+    }
+    // TCG lacks a few of EPYC's features and says so: not news.
+    let stderr: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| !l.contains("TCG doesn't support requested feature"))
+        .collect();
+    if !stderr.is_empty() {
+        console.push_str(&format!("[lab: L0 stderr]\n{}\n", stderr.join("\n")));
+    }
+    std::fs::write(dir.join("console.log"), &console)?;
+    Ok((out, console))
 }
 
 /// The outcome of one L0 boot.
@@ -332,8 +387,11 @@ pub struct LabRun {
     /// The whole L0 serial console (plus notes on timeout and QEMU's stderr)
     pub console: Arc<String>,
     pub cases: Vec<CaseResult>,
+    /// L0 was killed: it ran out of time or its console went silent (L0::stall)
     pub timed_out: bool,
-    /// Wall time of the L0 run
+    /// How many times L0 was booted (more than 1 after a hang, see Lab::retries)
+    pub boots: u32,
+    /// Wall time of the (last) L0 run
     pub elapsed: Duration,
     /// When L1 printed "L1: kvm ready" (since L0 started)
     pub l1_ready: Option<Duration>,
