@@ -25,6 +25,7 @@ mod l0;
 mod l1;
 mod ppm;
 mod qmp;
+pub mod vfio;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,79 @@
+//! The VFIO passthrough scenarios of lab_vfio.rs with zhitong as the L1 VMM, plus what only
+//! zhitong promises (a signal releases the devices; the boot timeline has devices_ready).
+//!
+//! Not a test target of its own yet. Run it inside the lab_vfio test binary:
+//!
+//!   cargo build --release -p vmm
+//!   cargo test -p zhitong-tests --test lab_vfio --features zhitong-vfio -- zhitong::
+//!
+//! (without `-- zhitong::` the QEMU reference runs too). To make it a target of its own, add
+//! `[[test]] name = "lab_vfio_zhitong", path = "lab_vfio_zhitong.rs"` to tests/Cargo.toml and
+//! drop `mod zhitong` (and the feature) from lab_vfio.rs.
+//!
+//! What it asks of zhitong, in L1 (devices already bound to vfio-pci by L1's init):
+//! - `zhitong run --kernel /l2/vmlinux --initramfs I --cmdline 'console=ttyS0 quiet panic=-1'
+//!   --cpus 1 --memory 512M --timings --device 0000:00:04.0
+//!   [--device /sys/bus/pci/devices/0000:00:05.0]` — BDF and sysfs path forms, repeated;
+//!   exit 0 after L2's `poweroff -f`.
+//! - L2 finds each device on its PCI bus (vendor/device ids), the native driver binds and works:
+//!   virtio-gpu (virtio-pci + virtio_gpu) with MSI-X counting up, and with INTx only (L0
+//!   vectors=0) on a level-triggered IO-APIC line (resample) counting up; bochs-drm; both at
+//!   once; NVMe (nvme, MSI-X) DMA both ways; ivshmem's 16 GiB 64-bit BAR2 reached by
+//!   /dev/mem (devmem) beyond 4 GiB and in its last word.
+//! - What the drivers draw in /dev/fbN reaches L0's display (screendump, pixel exact).
+//! - SIGTERM while a driver runs the device: exit 143, one stderr line "zhitong: guest
+//!   stopped by SIGTERM", then the same device works in the next run (released, reset).
+//! - --timings: "devices_ready_ms" is a number when devices are passed through.
+
+use std::time::Duration;
+
+use zhitong_tests::vfio::{self, GPU};
+use zhitong_tests::{Lab, Vmm};
+
+zhitong_tests::vfio_tests!(Vmm::Zhitong, more_msi, |lab| lab);
+
+/// The device held by a running driver, SIGTERM, then the device again.
+fn more_msi(lab: Lab) -> Lab {
+    let held = vfio::guest(&["virtio_pci", "virtio_gpu"], &[]).end_with("sleep 100000");
+    lab.case(
+        vfio::passthrough(Vmm::Zhitong, "gpu-sigterm", &[GPU.bdf], held)
+            .timings(false)
+            .stop_with("TERM", "L2: done")
+            .timeout(Duration::from_secs(60)),
+    )
+    .case(vfio::passthrough(
+        Vmm::Zhitong,
+        "gpu-again",
+        &[GPU.bdf],
+        vfio::gpu_guest(&GPU),
+    ))
+}
+
+#[test]
+fn sigterm_releases_the_device_for_the_next_run() {
+    let run = &msi().run;
+    let c = run.case("gpu-sigterm");
+    c.check(c.has_marker("done"), "L2 did not get its driver loaded");
+    c.check(c.rc == Some(143), "want exit status 143");
+    c.check(
+        c.stderr == ["zhitong: guest stopped by SIGTERM"],
+        "want one stderr line 'zhitong: guest stopped by SIGTERM'",
+    );
+    let ms = c.l1_marker("stop_ms").and_then(|v| v.parse::<u64>().ok());
+    c.check(
+        ms.is_some_and(|ms| ms < 5000),
+        &format!("stopping took {ms:?} ms, want < 5000"),
+    );
+    vfio::assert_display(run, "gpu-again", vfio::VIRTIO_GPU);
+}
+
+#[test]
+fn timings_show_devices_ready() {
+    let c = msi().case("gpu");
+    let ready = c.timing("devices_ready_ms");
+    let entry = c.timing("first_vcpu_entry_ms");
+    c.check(
+        ready.is_some() && entry.is_some() && ready <= entry,
+        &format!("devices_ready_ms {ready:?}, first_vcpu_entry_ms {entry:?}: want both, in order"),
+    );
+}
