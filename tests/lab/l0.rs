@@ -157,11 +157,10 @@ impl L0 {
                     } else {
                         stalled = true;
                     }
-                    hang_registers = self.qmp.as_deref().map(|sock| {
-                        crate::qmp::Qmp::connect(sock)
-                            .and_then(|mut q| q.hmp("info registers -a"))
-                            .unwrap_or_else(|e| e.to_string())
-                    });
+                    hang_registers = self
+                        .qmp
+                        .as_deref()
+                        .map(|sock| hang_state(sock, self.smp).unwrap_or_else(|e| e.to_string()));
                     let _ = child.kill();
                     break;
                 }
@@ -181,4 +180,15 @@ impl L0 {
             elapsed: start.elapsed(),
         })
     }
+}
+
+/// What L0's vCPUs are doing: all registers, then each vCPU's next instructions.
+fn hang_state(qmp: &Path, smp: u32) -> Result<String> {
+    let mut q = crate::qmp::Qmp::connect(qmp)?;
+    let mut out = q.hmp("info registers -a")?;
+    for cpu in 0..smp {
+        let code = q.hmp_on("x/4i $pc", Some(cpu))?;
+        out.push_str(&format!("CPU#{cpu} next instructions:\n{code}"));
+    }
+    Ok(out)
 }

@@ -63,9 +63,15 @@ impl Qmp {
 
     /// A human monitor command (e.g. "info registers -a"); its output, unescaped.
     pub fn hmp(&mut self, command: &str) -> Result<String> {
+        self.hmp_on(command, None)
+    }
+
+    /// A human monitor command run with vCPU `cpu` as the current one (e.g. "x/4i $pc").
+    pub fn hmp_on(&mut self, command: &str, cpu: Option<u32>) -> Result<String> {
+        let cpu = cpu.map_or(String::new(), |c| format!(", \"cpu-index\": {c}"));
         let line = self.execute(
             "human-monitor-command",
-            &format!("{{\"command-line\": {}}}", json_string(command)),
+            &format!("{{\"command-line\": {}{cpu}}}", json_string(command)),
         )?;
         let body = line
             .trim()
