@@ -6,8 +6,3 @@
 //! Needs resources/lab/setup.sh; without it these tests fail saying so (they never skip).
 
 zhitong_tests::vfio_tests!(zhitong_tests::Vmm::Qemu, |lab| lab, |lab| lab);
-
-/// The same scenarios with zhitong, not yet a test target of its own (see that file).
-#[cfg(feature = "zhitong-vfio")]
-#[path = "lab_vfio_zhitong.rs"]
-mod zhitong;

@@ -1,14 +1,7 @@
 //! The VFIO passthrough scenarios of lab_vfio.rs with zhitong as the L1 VMM, plus what only
 //! zhitong promises (a signal releases the devices; the boot timeline has devices_ready).
 //!
-//! Not a test target of its own yet. Run it inside the lab_vfio test binary:
-//!
-//!   cargo build --release -p vmm
-//!   cargo test -p zhitong-tests --test lab_vfio --features zhitong-vfio -- zhitong::
-//!
-//! (without `-- zhitong::` the QEMU reference runs too). To make it a target of its own, add
-//! `[[test]] name = "lab_vfio_zhitong", path = "lab_vfio_zhitong.rs"` to tests/Cargo.toml and
-//! drop `mod zhitong` (and the feature) from lab_vfio.rs.
+//! Run it alone: `cargo build --release -p vmm && cargo test -p zhitong-tests --test lab_vfio_zhitong`.
 //!
 //! What it asks of zhitong, in L1 (devices already bound to vfio-pci by L1's init):
 //! - `zhitong run --kernel /l2/vmlinux --initramfs I --cmdline 'console=ttyS0 quiet panic=-1'
