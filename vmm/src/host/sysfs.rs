@@ -60,14 +60,7 @@ impl Sysfs {
 
     /// Every PCI device, sorted.
     pub fn devices(&self) -> Vec<Bdf> {
-        let mut all: Vec<Bdf> = fs::read_dir(self.root.join("bus/pci/devices"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse().ok())
-            .collect();
-        all.sort();
-        all
+        sorted_entries(&self.root.join("bus/pci/devices"))
     }
 
     fn link_name(&self, path: PathBuf) -> Option<String> {
@@ -107,31 +100,18 @@ impl Sysfs {
 
     /// Every IOMMU group the kernel made, sorted (empty: the IOMMU is off).
     pub fn iommu_groups(&self) -> Vec<u32> {
-        let mut groups: Vec<u32> = fs::read_dir(self.root.join("kernel/iommu_groups"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse().ok())
-            .collect();
-        groups.sort_unstable();
-        groups
+        sorted_entries(&self.root.join("kernel/iommu_groups"))
     }
 
     /// Every device in IOMMU group `group`, sorted.
     pub fn group_members(&self, group: u32) -> Vec<Bdf> {
-        let dir = self
-            .root
-            .join("kernel/iommu_groups")
-            .join(group.to_string())
-            .join("devices");
-        let mut members: Vec<Bdf> = fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse().ok())
-            .collect();
-        members.sort();
-        members
+        sorted_entries(
+            &self
+                .root
+                .join("kernel/iommu_groups")
+                .join(group.to_string())
+                .join("devices"),
+        )
     }
 
     /// Whether the device is an endpoint (header type 0), from the first bytes of its
@@ -265,6 +245,19 @@ pub fn resource_flags(io: bool, mem64: bool, prefetchable: bool) -> u64 {
         flags |= IORESOURCE_PREFETCH;
     }
     flags
+}
+
+/// The entries of `dir` whose names parse as `T` (BDFs, group numbers), sorted; empty when
+/// the directory is missing.
+fn sorted_entries<T: std::str::FromStr + Ord>(dir: &Path) -> Vec<T> {
+    let mut items: Vec<T> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    items.sort();
+    items
 }
 
 #[cfg(test)]
