@@ -33,7 +33,7 @@ pub enum Error {
     #[error(transparent)]
     Preflight(#[from] crate::host::preflight::PreflightError),
     #[error(transparent)]
-    BadDevice(#[from] crate::host::bdf::BadBdf),
+    BadDevice(#[from] devices::pci::BadBdf),
     #[error("cannot pass through {what}: {reason}")]
     Vfio { what: String, reason: String },
     #[error("cannot build ACPI tables: {0}")]

@@ -5,8 +5,8 @@ use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-use crate::config::format_size;
 use crate::error::{Error, Result};
+use arch::units::format_size;
 
 /// Map `size` bytes of guest RAM (not yet touched: pages are allocated on first use),
 /// asking for transparent huge pages: fewer nested-paging misses for the guest, and 512x

@@ -58,13 +58,13 @@ pub fn attach(
         slots.first_free,
         slots.max,
     ));
-    for (dev, (slot, function)) in checked.iter().zip(crate::pci::place(bdfs)) {
+    for (dev, guest) in checked.iter().zip(crate::pci::place(bdfs)) {
         let vfio = attached.passthrough.open_device(&sysfs, dev)?;
         let mut pin = [0u8];
         vfio.region_read(VFIO_PCI_CONFIG_REGION_INDEX, &mut pin, INTERRUPT_PIN);
         let intx_gsi = (1..=4)
             .contains(&pin[0])
-            .then(|| arch::acpi::pci_intx_gsi(slot, pin[0] - 1));
+            .then(|| arch::acpi::pci_intx_gsi(guest.device, pin[0] - 1));
         let device = VfioPciDevice::from_vfio_device(
             vfio,
             dev.bdf.to_string(),
@@ -79,7 +79,7 @@ pub fn attach(
         let device = Arc::new(Mutex::new(device));
         attached.devices.push(device.clone());
         let guest = root
-            .add_device(Some(slot), function, device)
+            .add_device(Some(guest.device), guest.function, device)
             .map_err(|e| Error::Vfio {
                 what: dev.bdf.to_string(),
                 reason: e.to_string(),

@@ -5,6 +5,8 @@ use std::fs::File;
 use std::sync::Arc;
 use std::time::Instant;
 
+use arch::acpi::PciHostConfig;
+use arch::pci_windows::{guest_phys_bits, PciWindows};
 use devices::Bus;
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
@@ -141,8 +143,8 @@ fn run_vm(config: &VmConfig, console: Console, shared: &VmShared) -> Result<VmEx
     let cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
-    let windows = pci::windows(machine.memory_bytes, pci::guest_phys_bits(&cpuid));
-    let entry = guest_boot::load(&mem, config, &pci::acpi_host_config(&windows))?;
+    let windows = PciWindows::for_guest(machine.memory_bytes, guest_phys_bits(&cpuid));
+    let entry = guest_boot::load(&mem, config, &PciHostConfig::from_windows(&windows))?;
     timeline.mark(Milestone::KernelLoaded);
 
     let pio = Arc::new(Bus::new());

@@ -7,6 +7,7 @@ use crate::layout::{
     FOUR_GIB, IOAPIC_PINS, PCI_CONFIG_ADDRESS_PORT, PCI_ECAM_SIZE, PCI_ECAM_START, PCI_MMIO32_SIZE,
     PCI_MMIO32_START,
 };
+use crate::pci_windows::PciWindows;
 
 /// ECAM gives each bus 1 MiB of config space.
 const ECAM_BUS_SHIFT: u32 = 20;
@@ -64,6 +65,16 @@ impl PciHostConfig {
             mmio32: (PCI_MMIO32_START, PCI_MMIO32_SIZE),
             mmio64,
         }
+    }
+
+    /// What the tables must say about `windows` (the same the BAR allocator uses).
+    pub fn from_windows(windows: &PciWindows) -> Self {
+        let mut cfg = Self::new(windows.mmio64.map(|w| (w.start, w.size)));
+        if let Some(io) = windows.io {
+            cfg.io = io.start as u16..=(io.start + io.size - 1) as u16;
+        }
+        cfg.mmio32 = (windows.mmio32.start, windows.mmio32.size);
+        cfg
     }
 
     pub(super) fn validate(&self) -> Result<(), AcpiError> {

@@ -467,3 +467,15 @@ fn dsdt_has_the_power_button_and_its_event_device() {
         "no notify of PWRB with 0x80"
     );
 }
+
+#[test]
+fn host_config_from_windows_matches_them() {
+    use crate::layout::{PCI_MMIO32_SIZE, PCI_MMIO32_START};
+    use crate::pci_windows::PciWindows;
+    let w = PciWindows::for_guest(4 << 30, 46);
+    let acpi = PciHostConfig::from_windows(&w);
+    assert_eq!(acpi.mmio32, (PCI_MMIO32_START, PCI_MMIO32_SIZE));
+    assert_eq!(acpi.mmio64, w.mmio64.map(|m| (m.start, m.size)));
+    assert_eq!(*acpi.io.start(), 0x1000);
+    assert_eq!(*acpi.io.end(), 0xffff);
+}

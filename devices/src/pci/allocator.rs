@@ -6,6 +6,8 @@ use std::fmt;
 
 use vm_allocator::{AddressAllocator, AllocPolicy, RangeInclusive};
 
+pub use arch::pci_windows::{PciWindows, Window};
+
 use super::{Bar, BarKind, ROM_BAR_INDEX};
 use crate::pci::config::bar_offset;
 
@@ -13,38 +15,6 @@ use crate::pci::config::bar_offset;
 pub const MIN_MEM_BAR_ALLOCATION: u64 = 4096;
 /// Config mechanism #1 ports, never handed to a BAR even when inside the I/O window.
 const CONFIG_IO_PORTS: (u64, u64) = (0xcf8, 8);
-
-/// A range of addresses: `size` bytes from `start`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Window {
-    pub start: u64,
-    pub size: u64,
-}
-
-impl Window {
-    pub const fn new(start: u64, size: u64) -> Self {
-        Self { start, size }
-    }
-
-    /// Whether `base..base + len` lies entirely inside the window.
-    pub fn contains(&self, base: u64, len: u64) -> bool {
-        // In u128 so that a range ending exactly at 2^64 needs no special case.
-        let end = u128::from(base) + u128::from(len);
-        base >= self.start && end <= u128::from(self.start) + u128::from(self.size)
-    }
-}
-
-/// The address ranges the host bridge forwards to devices (what the DSDT's _CRS lists).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PciWindows {
-    /// I/O ports for I/O BARs, e.g. 0x1000..=0xffff; `None`: no I/O BARs.
-    pub io: Option<Window>,
-    /// Below 4 GiB: 32-bit BARs, the ROM, and 64-bit BARs when the 64-bit window is
-    /// absent or full.
-    pub mmio32: Window,
-    /// Above RAM up to the guest's physical address limit: 64-bit BARs.
-    pub mmio64: Option<Window>,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AllocError {

@@ -16,6 +16,9 @@
 
 use std::fmt;
 
+pub use address::{BadBdf, Bdf};
+
+pub mod address;
 pub mod allocator;
 pub mod config;
 pub mod host_bridge;

@@ -26,38 +26,16 @@ mod tests;
 pub use access::{PciConfigIo, PciEcam, CONFIG_IO_LEN};
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
+use super::address::{Bdf, MAX_DEVICES, MAX_FUNCTIONS};
 use super::allocator::{AllocError, BarAllocator, PciWindows};
 use super::config::{CONFIG_SPACE_SIZE, HEADER_TYPE, HEADER_TYPE_MULTIFUNCTION};
 use super::host_bridge::HostBridge;
 use super::PciDevice;
 use crate::Bus;
 use decode::BarState;
-
-/// Devices (slots) on a bus and functions per device.
-pub const MAX_DEVICES: u8 = 32;
-pub const MAX_FUNCTIONS: u8 = 8;
-
-/// A PCI function's address as the guest sees it (segment 0).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Bdf {
-    pub bus: u8,
-    pub device: u8,
-    pub function: u8,
-}
-
-impl fmt::Display for Bdf {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "0000:{:02x}:{:02x}.{}",
-            self.bus, self.device, self.function
-        )
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PciRootError {
@@ -140,11 +118,7 @@ impl PciRoot {
                 .find(|&s| functions.range(slot_keys(s)).next().is_none())
                 .ok_or(PciRootError::NoFreeSlot)?,
         };
-        let bdf = Bdf {
-            bus: 0,
-            device: slot,
-            function,
-        };
+        let bdf = Bdf::root_bus(slot, function);
         if functions.contains_key(&(slot, function)) {
             return Err(PciRootError::Occupied(bdf));
         }

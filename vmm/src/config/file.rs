@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serializer};
 
-use super::{format_size, parse_duration, parse_size, ConfigError, VmConfig};
+use arch::units::{format_size, parse_duration, parse_size};
+
+use super::{ConfigError, VmConfig};
 
 /// Read a config file: `.toml` is TOML, anything else JSON.
 pub fn load(path: &Path) -> Result<VmConfig, ConfigError> {
@@ -75,7 +77,7 @@ pub mod duration {
 
 pub mod bdfs {
     use super::*;
-    use crate::host::Bdf;
+    use devices::pci::Bdf;
 
     pub fn serialize<S: Serializer>(list: &[Bdf], s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(list.iter().map(|b| b.to_string()))

@@ -4,9 +4,9 @@
 use std::path::Path;
 
 /// The guest physical address width `zhitong run` would use on this host: the host's CPUID
-/// leaf 0x80000008, through the same cap as the VM's own (`pci::phys_bits_from_leaf`).
+/// leaf 0x80000008, through the same cap as the VM's own (`arch::pci_windows::phys_bits_from_leaf`).
 pub fn host_phys_bits() -> u8 {
-    crate::pci::phys_bits_from_leaf(host_leaf_80000008())
+    arch::pci_windows::phys_bits_from_leaf(host_leaf_80000008())
 }
 
 #[cfg(target_arch = "x86_64")]

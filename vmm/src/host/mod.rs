@@ -2,7 +2,6 @@
 //! can point at a temporary tree), the checks a passthrough needs (`zhitong check`, and the
 //! preflight of `zhitong run`), and handing devices to vfio-pci and back (`zhitong bind`).
 
-pub mod bdf;
 pub mod bind;
 pub mod checks;
 pub mod cpu;
@@ -16,7 +15,7 @@ pub mod sysfs;
 
 use std::path::{Path, PathBuf};
 
-pub use bdf::Bdf;
+pub use devices::pci::Bdf;
 pub use finding::{Finding, Status};
 pub use sysfs::Sysfs;
 

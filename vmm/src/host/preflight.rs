@@ -3,7 +3,7 @@
 
 use std::sync::Mutex;
 
-use devices::pci::allocator::PciWindows;
+use arch::pci_windows::PciWindows;
 
 use super::checks::{self, device_chain, duplicate_device};
 use super::{Bdf, Finding, Host, Status, Sysfs};

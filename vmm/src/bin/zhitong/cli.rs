@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use arch::units::{parse_duration, parse_size};
 use clap::{Args, Parser, Subcommand};
+use devices::pci::Bdf;
+use vmm::config::parse_vcpus;
 use vmm::config::ConfigError;
-use vmm::config::{parse_duration, parse_size, parse_vcpus};
-use vmm::host::Bdf;
 use vmm::VmConfig;
 
 #[derive(Debug, Parser)]
@@ -174,7 +175,7 @@ pub struct RunArgs {
 }
 
 fn parse_device_arg(s: &str) -> Result<Bdf, String> {
-    s.parse().map_err(|e: vmm::host::bdf::BadBdf| e.to_string())
+    s.parse().map_err(|e: devices::pci::BadBdf| e.to_string())
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {

@@ -162,7 +162,7 @@ fn report_exit(exit: &VmExit) -> i32 {
         VmExit::Timeout(limit) => {
             eprintln!(
                 "zhitong: the guest was stopped after running for the --timeout of {}; let it power off sooner or raise --timeout",
-                vmm::config::format_duration(*limit)
+                arch::units::format_duration(*limit)
             );
             124
         }

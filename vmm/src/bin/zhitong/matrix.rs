@@ -19,9 +19,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use devices::pci::Bdf;
 use serde::Deserialize;
 use vmm::config::{file, KernelConfig, MachineConfig, DEFAULT_BOOT_TIMEOUT};
-use vmm::host::Bdf;
 use vmm::VmConfig;
 
 #[derive(Debug, Deserialize)]

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use vmm::config::format_duration;
+use arch::units::format_duration;
 use vmm::{Console, Stopper, Timestamped, Vm, VmExit};
 
 use crate::cli::TestArgs;

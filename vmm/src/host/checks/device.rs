@@ -4,13 +4,14 @@
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 
-use devices::pci::allocator::{AllocError, BarAllocator, PciWindows};
+use arch::pci_windows::PciWindows;
+use devices::pci::allocator::{AllocError, BarAllocator};
 use devices::pci::{Bar, BarKind, ROM_BAR_INDEX};
 
-use crate::config::format_size;
 use crate::host::pci_class::{approx_size, short_size};
 use crate::host::sysfs::Resource;
 use crate::host::{Bdf, Finding, Host, Sysfs};
+use arch::units::format_size;
 
 use super::iommu_fix;
 

@@ -4,9 +4,9 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use crate::config::format_size;
 use crate::host::cpu::Vendor;
 use crate::host::{Finding, Host};
+use arch::units::format_size;
 
 /// The API version every KVM since Linux 2.6.22 reports.
 const KVM_API_VERSION: i32 = 12;

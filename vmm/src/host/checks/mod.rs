@@ -52,7 +52,7 @@ pub fn check_all(host: &Host, devices: &[Bdf], memory: u64) -> Vec<Finding> {
     findings.extend(bars(
         &host.sysfs,
         &present,
-        &crate::pci::windows(memory, host.phys_bits),
+        &arch::pci_windows::PciWindows::for_guest(memory, host.phys_bits),
         memory,
         host.phys_bits,
     ));

@@ -287,7 +287,7 @@ fn big_bars_need_physical_address_bits() {
     let f = &bars(
         &host.sysfs,
         &gpu,
-        &crate::pci::windows(4 << 30, 39),
+        &arch::pci_windows::PciWindows::for_guest(4 << 30, 39),
         4 << 30,
         39,
     )[0];
@@ -296,7 +296,7 @@ fn big_bars_need_physical_address_bits() {
     let f = &bars(
         &host.sysfs,
         &gpu,
-        &crate::pci::windows(4 << 30, 36),
+        &arch::pci_windows::PciWindows::for_guest(4 << 30, 36),
         4 << 30,
         36,
     )[0];

@@ -84,9 +84,9 @@ fn guest_must_fit_memlock_and_windows() {
     fake.bars("0000:01:00.0", &[(0, 16 << 30, false, true, true)]);
     let sys = fake.sysfs();
     let devs = [bdf("01:00.0")];
-    let wide = crate::pci::windows(2 << 30, 46);
+    let wide = arch::pci_windows::PciWindows::for_guest(2 << 30, 46);
     assert_eq!(check_guest_fits(&sys, &devs, 2 << 30, &wide), Ok(()));
-    let narrow = crate::pci::windows(2 << 30, 36);
+    let narrow = arch::pci_windows::PciWindows::for_guest(2 << 30, 36);
     let err = check_guest_fits(&sys, &devs, 2 << 30, &narrow).unwrap_err();
     assert_eq!(err.0.check, "bars");
     fake.file("proc/self/status", "CapEff:\t0000000000000000\n");

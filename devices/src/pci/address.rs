@@ -1,8 +1,14 @@
-//! PCI addresses (domain:bus:device.function) and how users may write them.
+//! A PCI function's address, domain:bus:device.function, and how users may write it. One
+//! type for host devices (sysfs, VFIO, the host doctor) and guest placement (the root
+//! complex, always domain 0).
 
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
+
+/// Devices (slots) on a bus and functions per device.
+pub const MAX_DEVICES: u8 = 32;
+pub const MAX_FUNCTIONS: u8 = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Bdf {
@@ -10,6 +16,28 @@ pub struct Bdf {
     pub bus: u8,
     pub device: u8,
     pub function: u8,
+}
+
+impl Bdf {
+    /// `00:device.function` in domain 0 (the guest's root bus).
+    pub const fn root_bus(device: u8, function: u8) -> Self {
+        Self {
+            domain: 0,
+            bus: 0,
+            device,
+            function,
+        }
+    }
+
+    /// The same slot's function `function`.
+    pub const fn with_function(self, function: u8) -> Self {
+        Self { function, ..self }
+    }
+
+    /// Whether `other` is a function of the same device (domain, bus and slot).
+    pub fn same_slot(&self, other: &Bdf) -> bool {
+        (self.domain, self.bus, self.device) == (other.domain, other.bus, other.device)
+    }
 }
 
 impl fmt::Display for Bdf {
@@ -57,8 +85,8 @@ impl FromStr for Bdf {
         Ok(Bdf {
             domain: hex(domain, 0xffff)? as u16,
             bus: hex(bus, 0xff)? as u8,
-            device: hex(device, 0x1f)? as u8,
-            function: hex(function, 7)? as u8,
+            device: hex(device, u32::from(MAX_DEVICES) - 1)? as u8,
+            function: hex(function, u32::from(MAX_FUNCTIONS) - 1)? as u8,
         })
     }
 }
@@ -108,5 +136,13 @@ mod tests {
         }
         let msg = "gpu0".parse::<Bdf>().unwrap_err().to_string();
         assert!(msg.contains("0000:01:00.0"), "{msg}");
+    }
+
+    #[test]
+    fn slots_and_functions() {
+        let gpu = Bdf::root_bus(3, 0);
+        assert_eq!(gpu.to_string(), "0000:00:03.0");
+        assert!(gpu.same_slot(&gpu.with_function(1)));
+        assert!(!gpu.same_slot(&Bdf::root_bus(4, 0)));
     }
 }
