@@ -12,7 +12,7 @@ pub mod serial;
 pub mod services;
 pub mod vfio;
 
-pub use bus::{Bus, BusDevice, BusError};
+pub use bus::{Bus, BusDevice, BusError, WeakBusDevice};
 
 /// What a guest asks of the machine through a platform device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

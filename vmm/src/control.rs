@@ -15,6 +15,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
+use crate::device_manager::PlatformDevices;
 use crate::error::{Error, Result};
 use crate::exit::{ExitChannel, VmExit};
 
@@ -136,13 +137,30 @@ pub struct ControlInputs {
     pub guest_alive: Arc<AtomicBool>,
 }
 
+impl ControlInputs {
+    /// Console input for COM1 of `platform`, and the boot watchdog's limit.
+    pub fn new(
+        console_in: Option<File>,
+        platform: &PlatformDevices,
+        boot_timeout: Option<Duration>,
+    ) -> Result<Self> {
+        Ok(Self {
+            console_in,
+            serial: platform.serial.clone(),
+            input_drained: platform
+                .serial_signals
+                .input_drained
+                .try_clone()
+                .map_err(Error::io("the COM1 input"))?,
+            boot_timeout,
+            guest_alive: platform.guest_alive.clone(),
+        })
+    }
+}
+
 /// Run the loop until an exit is requested; returns why.
 pub fn run_until_exit(exit: &Arc<ExitChannel>, inputs: ControlInputs) -> Result<VmExit> {
-    let io_err = |e: event_manager::Error| Error::Io {
-        what: "the control loop",
-        source: std::io::Error::other(format!("{e:?}")),
-    };
-    let mut manager = EventManager::<Subscriber>::new().map_err(io_err)?;
+    let mut manager = EventManager::<Subscriber>::new().map_err(Error::EventLoop)?;
     manager.add_subscriber(Box::new(ExitWatcher { exit: exit.clone() }));
     if let Some(input) = inputs.console_in {
         manager.add_subscriber(Box::new(ConsoleInput {
@@ -153,10 +171,7 @@ pub fn run_until_exit(exit: &Arc<ExitChannel>, inputs: ControlInputs) -> Result<
         }));
     }
     if let Some(limit) = inputs.boot_timeout {
-        let timer = TimerFd::new().map_err(|e| Error::Io {
-            what: "the boot watchdog",
-            source: std::io::Error::from_raw_os_error(e.errno()),
-        })?;
+        let timer = TimerFd::new().map_err(Error::errno("the boot watchdog"))?;
         manager.add_subscriber(Box::new(BootWatchdog {
             timer,
             limit,
@@ -168,6 +183,6 @@ pub fn run_until_exit(exit: &Arc<ExitChannel>, inputs: ControlInputs) -> Result<
         if let Some(reason) = exit.reason() {
             return Ok(reason);
         }
-        manager.run_with_timeout(1000).map_err(io_err)?;
+        manager.run_with_timeout(1000).map_err(Error::EventLoop)?;
     }
 }

@@ -1,9 +1,15 @@
-//! The VMM's errors. Each message names the cause and the fix; `exit_code` tells bad usage
-//! (2) from failures of the host or the guest (1).
+//! The VMM's errors. Each message names the cause and the fix; the cause's own error stays
+//! reachable as the `source`. `exit_code` tells bad usage (2) from failures of the host or
+//! the guest (1). Messages speak of the configuration's settings (`machine.vcpus`); the CLI
+//! words them as its flags.
 
 use boot::BootError;
 
 use crate::config::ConfigError;
+use crate::device_manager::PassthroughError;
+use crate::guest_boot::AcpiWriteError;
+
+type BoxedSource = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -11,38 +17,58 @@ pub enum Error {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Boot(#[from] BootError),
-    #[error("{}", crate::host::checks::kvm_open_failed(
-        std::path::Path::new("/dev/kvm"),
-        .0.errno(),
-        crate::host::cpu::Vendor::from_cpuinfo(std::path::Path::new("/proc")),
-    ))]
-    KvmOpen(kvm_ioctls::Error),
+    /// /dev/kvm did not open; `hint` is the host doctor's finding for the errno, worded when
+    /// the error was made (it reads the CPU vendor).
+    #[error("{hint}")]
+    KvmOpen {
+        hint: String,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
     #[error("this host's KVM lacks {0}; run on a host kernel that has it")]
     KvmCapability(&'static str),
-    #[error("--cpus {got} is more than KVM allows on this host ({max}); ask for fewer")]
+    #[error("machine.vcpus {got} is more than KVM allows on this host ({max}); ask for fewer")]
     TooManyVcpus { got: u8, max: usize },
     #[error("KVM {op} failed: {source}")]
     Kvm {
         op: &'static str,
+        #[source]
         source: kvm_ioctls::Error,
     },
     #[error(
-        "cannot allocate {size} of guest RAM: {reason}; ask for less --memory or free host memory"
+        "cannot allocate {size} of guest RAM: {source}; ask for less memory or free host memory"
     )]
-    GuestMemory { size: String, reason: String },
+    GuestMemory {
+        size: String,
+        #[source]
+        source: BoxedSource,
+    },
     #[error(transparent)]
     Preflight(#[from] crate::host::preflight::PreflightError),
     #[error(transparent)]
     BadDevice(#[from] devices::pci::BadBdf),
-    #[error("cannot pass through {what}: {reason}")]
-    Vfio { what: String, reason: String },
+    #[error("cannot pass through {what}: {source}")]
+    Vfio {
+        what: String,
+        #[source]
+        source: PassthroughError,
+    },
+    #[error("cannot set up {what}: {source}")]
+    Pci {
+        what: &'static str,
+        #[source]
+        source: devices::pci::root::PciRootError,
+    },
     #[error("cannot build ACPI tables: {0}")]
-    Acpi(String),
+    Acpi(#[from] AcpiWriteError),
     #[error("cannot set up {what}: {source}")]
     Io {
         what: &'static str,
+        #[source]
         source: std::io::Error,
     },
+    #[error("the control loop failed: {0}")]
+    EventLoop(#[source] event_manager::Error),
 }
 
 impl Error {
@@ -52,6 +78,14 @@ impl Error {
 
     pub fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
         move |source| Error::Io { what, source }
+    }
+
+    /// An errno-carrying error of vmm-sys-util (timerfd, signals) as an `Io` error.
+    pub fn errno(what: &'static str) -> impl FnOnce(vmm_sys_util::errno::Error) -> Error {
+        move |e| Error::Io {
+            what,
+            source: std::io::Error::from_raw_os_error(e.errno()),
+        }
     }
 
     /// 2 for bad usage or configuration, 1 for everything else.

@@ -7,7 +7,7 @@ use boot::{BootParamsInput, DEFAULT_INITRD_ADDR_MAX};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::config::VmConfig;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Load everything; returns the kernel's 64-bit entry point.
 pub fn load(mem: &GuestMemoryMmap, config: &VmConfig, pci: &PciHostConfig) -> Result<u64> {
@@ -48,20 +48,32 @@ pub fn load(mem: &GuestMemoryMmap, config: &VmConfig, pci: &PciHostConfig) -> Re
     Ok(kernel.entry.0)
 }
 
-fn write_acpi(mem: &GuestMemoryMmap, config: &VmConfig, pci: &PciHostConfig) -> Result<u64> {
+/// Why the ACPI tables (and the reset-vector stub beside them) could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum AcpiWriteError {
+    #[error(transparent)]
+    Build(#[from] arch::acpi::AcpiError),
+    #[error("the tables reach the reset vector")]
+    TooBig,
+    #[error(transparent)]
+    Memory(#[from] vm_memory::GuestMemoryError),
+}
+
+fn write_acpi(
+    mem: &GuestMemoryMmap,
+    config: &VmConfig,
+    pci: &PciHostConfig,
+) -> std::result::Result<u64, AcpiWriteError> {
     let tables = arch::acpi::build(&arch::acpi::AcpiConfig {
         vcpus: config.machine.vcpus,
         pci: Some(pci.clone()),
-    })
-    .map_err(|e| Error::Acpi(e.to_string()))?;
+    })?;
     for (addr, bytes) in &tables.blobs {
         if addr + bytes.len() as u64 > RESET_VECTOR {
-            return Err(Error::Acpi("the tables reach the reset vector".into()));
+            return Err(AcpiWriteError::TooBig);
         }
-        mem.write_slice(bytes, GuestAddress(*addr))
-            .map_err(|e| Error::Acpi(e.to_string()))?;
+        mem.write_slice(bytes, GuestAddress(*addr))?;
     }
-    mem.write_slice(&RESET_VECTOR_STUB, GuestAddress(RESET_VECTOR))
-        .map_err(|e| Error::Acpi(e.to_string()))?;
+    mem.write_slice(&RESET_VECTOR_STUB, GuestAddress(RESET_VECTOR))?;
     Ok(tables.rsdp_addr)
 }

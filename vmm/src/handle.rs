@@ -5,6 +5,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use vmm_sys_util::eventfd::EventFd;
+
 use crate::error::{Error, Result};
 use crate::exit::{ExitChannel, VmExit};
 use crate::timeline::Timeline;
@@ -61,6 +63,15 @@ impl VmShared {
             vcpus: OnceLock::new(),
             power_button: OnceLock::new(),
         }
+    }
+
+    /// Wire `press_power_button` to the platform's power-button line.
+    pub fn set_power_button(&self, line: &EventFd) -> Result<()> {
+        let line = line.try_clone().map_err(Error::io("the power button"))?;
+        let _ = self.power_button.set(Box::new(move || {
+            let _ = line.write(1);
+        }));
+        Ok(())
     }
 
     /// Signal the guest's ACPI power button, if the platform has one yet.

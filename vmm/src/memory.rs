@@ -18,7 +18,7 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap> {
         .collect();
     let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::GuestMemory {
         size: format_size(size),
-        reason: e.to_string(),
+        source: Box::new(e),
     })?;
     for region in mem.iter() {
         if let Ok(host) = mem.get_host_address(region.start_addr()) {
@@ -44,7 +44,7 @@ pub fn register_with_kvm(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<u32> {
             .get_host_address(region.start_addr())
             .map_err(|e| Error::GuestMemory {
                 size: format_size(region.len()),
-                reason: e.to_string(),
+                source: Box::new(e),
             })?;
         let desc = kvm_userspace_memory_region {
             slot,

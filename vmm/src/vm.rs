@@ -7,23 +7,19 @@ use std::time::Instant;
 
 use arch::acpi::PciHostConfig;
 use arch::pci_windows::{guest_phys_bits, PciWindows};
-use devices::Bus;
-use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Cap, Kvm, VmFd};
 
 use crate::config::{host_ram_bytes, VmConfig};
 use crate::console::Console;
 use crate::control::{run_until_exit, ControlInputs};
+use crate::device_manager::{DeviceManager, PassthroughDevice, SlotRange};
 use crate::error::{Error, Result};
 use crate::exit::{ExitChannel, VmExit};
 use crate::handle::{VmHandle, VmShared, VmState};
+use crate::host::preflight::{check_devices, check_guest_fits};
+use crate::host::Host;
 use crate::timeline::{Milestone, Timeline};
-use crate::vcpu::{self, RunGate, VcpuSet, VcpuShared};
-use crate::vfio_devices::{self, SlotRange};
-use crate::{guest_boot, memory, pci, platform};
-
-/// KVM needs three pages for the TSS on Intel; they sit in the MMIO hole, above the LAPIC.
-const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+use crate::vcpu::{self, RunGate, RunningVcpus, VcpuShared};
+use crate::{guest_boot, kvm, memory};
 
 /// Lets another thread end a running VM.
 #[derive(Clone)]
@@ -40,6 +36,8 @@ impl Stopper {
 /// A configured VM, checked but not yet started.
 pub struct Vm {
     config: VmConfig,
+    /// The devices to pass through, as the preflight found them.
+    passthrough: Vec<PassthroughDevice>,
     console: Console,
     exit: Arc<ExitChannel>,
     timeline: Arc<Timeline>,
@@ -47,8 +45,20 @@ pub struct Vm {
 
 impl Vm {
     /// Check everything that can be checked without KVM: sizes, counts, the kernel and
-    /// initramfs files, the command line. `start` is what the boot timeline counts from.
+    /// initramfs files, the command line, and the passthrough preflight (the checks of
+    /// `zhitong check`, on the host `ZHITONG_HOST_ROOT` names, else the real one). `start`
+    /// is what the boot timeline counts from.
     pub fn new(config: VmConfig, console: Console, start: Instant) -> Result<Self> {
+        Self::on_host(config, &Host::from_env(), console, start)
+    }
+
+    /// [`Vm::new`] with the host's sysfs, /dev and /proc at the roots of `host`.
+    pub fn on_host(
+        config: VmConfig,
+        host: &Host,
+        console: Console,
+        start: Instant,
+    ) -> Result<Self> {
         config.machine.validate(host_ram_bytes())?;
         boot::check_kernel_file(&config.kernel.path)?;
         if let Some(path) = &config.kernel.initramfs {
@@ -64,9 +74,10 @@ impl Vm {
             }
         }
         boot::build_cmdline(&config.kernel.cmdline)?;
-        crate::host::preflight::check_devices(&crate::host::Sysfs::default(), &config.devices)?;
+        let passthrough = preflight(host, &config)?;
         Ok(Self {
             config,
+            passthrough,
             console,
             exit: Arc::new(ExitChannel::new().map_err(Error::io("the exit event"))?),
             timeline: Arc::new(Timeline::new(start)),
@@ -85,6 +96,7 @@ impl Vm {
     pub fn start(self) -> Result<VmHandle> {
         let Vm {
             config,
+            passthrough,
             console,
             exit,
             timeline,
@@ -97,7 +109,7 @@ impl Vm {
         let thread = std::thread::Builder::new()
             .name("vm".into())
             .spawn(move || {
-                let result = run_vm(&config, console, &vm_shared);
+                let result = run_vm(&config, &passthrough, console, &vm_shared);
                 vm_shared.timeline.mark(Milestone::Exit);
                 vm_shared.set_state(VmState::Stopped);
                 result
@@ -111,6 +123,25 @@ impl Vm {
     pub fn run(self) -> Result<VmExit> {
         self.start()?.wait()
     }
+}
+
+/// The passthrough checks, once per VM: every device is usable and its BARs fit the guest
+/// (windows sized as `zhitong check` sizes them, from the host's physical address bits).
+fn preflight(host: &Host, config: &VmConfig) -> Result<Vec<PassthroughDevice>> {
+    if config.devices.is_empty() {
+        return Ok(Vec::new());
+    }
+    let checked = check_devices(&host.sysfs, &config.devices)?;
+    let memory = config.machine.memory_bytes;
+    let windows = PciWindows::for_guest(memory, host.phys_bits);
+    check_guest_fits(&host.sysfs, &config.devices, memory, &windows)?;
+    Ok(checked
+        .into_iter()
+        .map(|checked| PassthroughDevice {
+            sysfs_dir: host.sysfs.device_dir(&checked.bdf),
+            checked,
+        })
+        .collect())
 }
 
 /// `VmConfig::timeout`: a thread that ends the VM with `VmExit::Timeout` when it is still
@@ -129,122 +160,57 @@ fn start_run_timer(exit: &Arc<ExitChannel>, limit: std::time::Duration) -> Resul
         .map_err(Error::io("the run timer"))
 }
 
-fn run_vm(config: &VmConfig, console: Console, shared: &VmShared) -> Result<VmExit> {
+/// A VM's life as its steps. Each step's result is a local that owns what it made, and
+/// locals drop in reverse order: whichever step fails (or when the guest ends), the vCPUs
+/// stop first, then the devices are torn down in order, then guest memory and the VM go.
+fn run_vm(
+    config: &VmConfig,
+    passthrough: &[PassthroughDevice],
+    console: Console,
+    shared: &VmShared,
+) -> Result<VmExit> {
     let (exit, timeline) = (&shared.exit, &shared.timeline);
     let machine = config.machine;
-    let kvm = open_kvm(machine.vcpus)?;
-    let vm = Arc::new(create_vm(&kvm)?);
+
+    let kvm = kvm::open(machine.vcpus)?;
+    let vm = Arc::new(kvm::create_vm(&kvm)?);
     timeline.mark(Milestone::VmCreated);
 
     let mem = memory::create_guest_memory(machine.memory_bytes)?;
     let ram_slots = memory::register_with_kvm(&vm, &mem)?;
     timeline.mark(Milestone::MemoryReady);
 
-    let cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+    let cpuid = kvm::supported_cpuid(&kvm)?;
     let windows = PciWindows::for_guest(machine.memory_bytes, guest_phys_bits(&cpuid));
     let entry = guest_boot::load(&mem, config, &PciHostConfig::from_windows(&windows))?;
     timeline.mark(Milestone::KernelLoaded);
 
-    let pio = Arc::new(Bus::new());
-    let mmio = Arc::new(Bus::new());
-    let platform = platform::attach(&vm, &pio, exit, timeline, console.output)?;
-    let button = platform
-        .power_button
-        .try_clone()
-        .map_err(Error::io("the power button"))?;
-    let _ = shared.power_button.set(Box::new(move || {
-        let _ = button.write(1);
-    }));
-    let pci_root = pci::create_root(&pio, &mmio, windows)?;
-    let passed_through = vfio_devices::attach(
-        &vm,
-        &mem,
-        &pci_root,
-        &config.devices,
-        SlotRange {
-            first_free: ram_slots,
-            max: kvm.get_nr_memslots() as u32,
-        },
-    )?;
-    if passed_through.is_some() {
+    let mut devices = DeviceManager::new(&vm, windows, exit, timeline, console.output)?;
+    shared.set_power_button(&devices.platform().power_button)?;
+    let slots = SlotRange {
+        first_free: ram_slots,
+        max: kvm.get_nr_memslots() as u32,
+    };
+    devices.attach_passthrough(&vm, &mem, passthrough, slots)?;
+    if devices.has_passthrough() {
         timeline.mark(Milestone::DevicesReady);
     }
-    let control_inputs = ControlInputs {
-        console_in: console.input,
-        serial: platform.serial.clone(),
-        input_drained: platform
-            .serial_signals
-            .input_drained
-            .try_clone()
-            .map_err(Error::io("the COM1 input"))?,
-        boot_timeout: config.boot_timeout,
-        guest_alive: platform.guest_alive.clone(),
-    };
+    let control = ControlInputs::new(console.input, devices.platform(), config.boot_timeout)?;
 
-    let vcpus = (0..machine.vcpus)
-        .map(|id| vcpu::create_vcpu(&vm, &cpuid, id, machine.vcpus, &mem, entry))
-        .collect::<Result<Vec<_>>>()?;
+    let vcpus = vcpu::create_all(&vm, &cpuid, machine.vcpus, &mem, entry)?;
+    let running = RunningVcpus::start(
+        vcpus,
+        &VcpuShared {
+            buses: devices.buses().clone(),
+            exit: exit.clone(),
+            timeline: timeline.clone(),
+            gate: Arc::new(RunGate::default()),
+        },
+    )?;
+    let _ = shared.vcpus.set(running.set());
+    shared.set_state(VmState::Running);
 
-    let vcpu_shared = VcpuShared {
-        pio,
-        mmio,
-        exit: exit.clone(),
-        timeline: timeline.clone(),
-        gate: Arc::new(RunGate::default()),
-    };
-    let outcome = VcpuSet::start(vcpus, &vcpu_shared).and_then(|set| {
-        let _ = shared.vcpus.set(set.clone());
-        shared.set_state(VmState::Running);
-        let outcome = run_until_exit(exit, control_inputs);
-        shared.set_state(VmState::Stopping);
-        set.stop();
-        outcome
-    });
-    if let Some(devices) = passed_through {
-        devices.release(&mem);
-    }
-    // The PCI root and the buses hold each other (the root maps BARs on them, they route
-    // config cycles to it): empty the buses so everything on them, VFIO devices and their
-    // group files included, is closed now and not leaked. The next VM in this process (zhitong
-    // test, a control plane) can then open the same devices.
-    vcpu_shared.pio.clear();
-    vcpu_shared.mmio.clear();
-    drop(pci_root);
+    let outcome = run_until_exit(exit, control);
+    shared.set_state(VmState::Stopping);
     outcome
-}
-
-/// Open /dev/kvm and check it can run this VM.
-fn open_kvm(vcpus: u8) -> Result<Kvm> {
-    let kvm = Kvm::new().map_err(Error::KvmOpen)?;
-    for (cap, name) in [
-        (Cap::Irqchip, "an in-kernel irqchip (KVM_CAP_IRQCHIP)"),
-        (Cap::UserMemory, "user memory regions (KVM_CAP_USER_MEMORY)"),
-        (Cap::Irqfd, "irqfd (KVM_CAP_IRQFD)"),
-        (Cap::Pit2, "the in-kernel PIT (KVM_CAP_PIT2)"),
-    ] {
-        if !kvm.check_extension(cap) {
-            return Err(Error::KvmCapability(name));
-        }
-    }
-    let max = kvm.get_max_vcpus();
-    if usize::from(vcpus) > max {
-        return Err(Error::TooManyVcpus { got: vcpus, max });
-    }
-    Ok(kvm)
-}
-
-fn create_vm(kvm: &Kvm) -> Result<VmFd> {
-    let vm = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
-    vm.set_tss_address(KVM_TSS_ADDRESS)
-        .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
-    vm.create_irq_chip()
-        .map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
-    let pit = kvm_pit_config {
-        flags: KVM_PIT_SPEAKER_DUMMY,
-        ..Default::default()
-    };
-    vm.create_pit2(pit).map_err(Error::kvm("KVM_CREATE_PIT2"))?;
-    Ok(vm)
 }

@@ -7,12 +7,12 @@ mod set;
 use std::sync::{Arc, Once};
 use std::time::Instant;
 
-use devices::Bus;
 use kvm_bindings::{CpuId, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
+use crate::device_manager::Buses;
 use crate::error::{Error, Result};
 use crate::exit::{ExitChannel, VmExit};
 use crate::exit_stats::ExitStats;
@@ -21,15 +21,14 @@ use crate::timeline::{Milestone, Timeline};
 /// What every vCPU thread shares.
 #[derive(Clone)]
 pub struct VcpuShared {
-    pub pio: Arc<Bus>,
-    pub mmio: Arc<Bus>,
+    pub buses: Buses,
     pub exit: Arc<ExitChannel>,
     pub timeline: Arc<Timeline>,
     pub gate: Arc<RunGate>,
 }
 
 pub use gate::RunGate;
-pub use set::VcpuSet;
+pub use set::{RunningVcpus, VcpuSet};
 
 /// Create vCPU `id` of `count` and give it its CPUID, MSRs and LAPIC set-up; the boot vCPU
 /// (id 0) also gets long mode and registers pointing at `entry`.
@@ -74,6 +73,19 @@ pub fn create_vcpu(
     Ok(vcpu)
 }
 
+/// Create the VM's `count` vCPUs (see [`create_vcpu`]).
+pub fn create_all(
+    vm: &VmFd,
+    cpuid: &CpuId,
+    count: u8,
+    mem: &GuestMemoryMmap,
+    entry: u64,
+) -> Result<Vec<VcpuFd>> {
+    (0..count)
+        .map(|id| create_vcpu(vm, cpuid, id, count, mem, entry))
+        .collect()
+}
+
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
 /// The signal used to knock a vCPU thread out of KVM_RUN.
@@ -85,10 +97,8 @@ fn install_kick_handler() -> Result<()> {
     static ONCE: Once = Once::new();
     let mut result = Ok(());
     ONCE.call_once(|| {
-        result = register_signal_handler(kick_signal(), kick_handler).map_err(|e| Error::Io {
-            what: "the vCPU kick signal",
-            source: std::io::Error::from_raw_os_error(e.errno()),
-        });
+        result = register_signal_handler(kick_signal(), kick_handler)
+            .map_err(Error::errno("the vCPU kick signal"));
     });
     result
 }
@@ -137,28 +147,28 @@ fn run_exits(
         match vcpu.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
                 let start = Instant::now();
-                if !s.pio.read(u64::from(port), data) {
+                if !s.buses.pio.read(u64::from(port), data) {
                     log::trace!("vcpu{id}: unclaimed port read {port:#x}");
                 }
                 stats.record("in", u64::from(port), start);
             }
             Ok(VcpuExit::IoOut(port, data)) => {
                 let start = Instant::now();
-                if !s.pio.write(u64::from(port), data) {
+                if !s.buses.pio.write(u64::from(port), data) {
                     log::trace!("vcpu{id}: unclaimed port write {port:#x} {data:x?}");
                 }
                 stats.record("out", u64::from(port), start);
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
                 let start = Instant::now();
-                if !s.mmio.read(addr, data) {
+                if !s.buses.mmio.read(addr, data) {
                     log::trace!("vcpu{id}: unclaimed MMIO read {addr:#x}");
                 }
                 stats.record("mmio-read", addr & !0xfff, start);
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
                 let start = Instant::now();
-                if !s.mmio.write(addr, data) {
+                if !s.buses.mmio.write(addr, data) {
                     log::trace!("vcpu{id}: unclaimed MMIO write {addr:#x} {data:x?}");
                 }
                 stats.record("mmio-write", addr & !0xfff, start);

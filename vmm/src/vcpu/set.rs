@@ -67,3 +67,24 @@ impl VcpuSet {
         }
     }
 }
+
+/// The started vCPUs of a VM: dropping this stops and joins every thread, so no vCPU runs
+/// once the devices it dispatches to are being torn down, whichever way `run_vm` returns.
+pub struct RunningVcpus(Arc<VcpuSet>);
+
+impl RunningVcpus {
+    pub fn start(vcpus: Vec<VcpuFd>, shared: &VcpuShared) -> Result<Self> {
+        VcpuSet::start(vcpus, shared).map(Self)
+    }
+
+    /// The set, for pausing and resuming from a handle.
+    pub fn set(&self) -> Arc<VcpuSet> {
+        self.0.clone()
+    }
+}
+
+impl Drop for RunningVcpus {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}

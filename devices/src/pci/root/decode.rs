@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use super::{lock, Function, PciRoot, SharedDevice};
 use crate::pci::allocator::{BarName, Size, Window};
 use crate::pci::{Bar, BarKind, PciDevice};
-use crate::{Bus, BusDevice};
+use crate::{Bus, BusDevice, WeakBusDevice};
 
 /// What sits on the bus for a mapped BAR: forwards accesses, with offsets relative to the
 /// BAR's base, to the device. Accesses the device maps directly (KVM slots) never get here.
@@ -39,11 +39,17 @@ impl BusDevice for BarRegion {
     }
 }
 
+/// A BAR the root put on a bus. The root owns the region; the bus only refers to it.
+struct MappedBar {
+    bar: Bar,
+    _region: Arc<Mutex<BarRegion>>,
+}
+
 /// What the root did with a function's decoding BARs.
 #[derive(Default)]
 pub(super) struct BarState {
     /// On a bus (and `bar_mapped` called).
-    mapped: Vec<Bar>,
+    mapped: Vec<MappedBar>,
     /// Decoding but refused; kept to warn once per state, not on every config write.
     refused: Vec<Bar>,
 }
@@ -55,9 +61,11 @@ impl PciRoot {
     pub(super) fn sync_bars(&self, func: &Function, dev: &mut dyn PciDevice) {
         let wanted: Vec<Bar> = dev.bars().into_iter().filter(|b| b.decoding).collect();
         let mut state = lock(&func.bars);
-        let (keep, gone): (Vec<Bar>, Vec<Bar>) =
-            state.mapped.drain(..).partition(|b| wanted.contains(b));
-        for old in gone {
+        let (keep, gone): (Vec<MappedBar>, Vec<MappedBar>) = state
+            .mapped
+            .drain(..)
+            .partition(|m| wanted.contains(&m.bar));
+        for MappedBar { bar: old, .. } in gone {
             if let Err(e) = self.bus_for(&old).remove(old.addr) {
                 log::warn!("{}: removing BAR {}: {e}", func.bdf, old.index);
             }
@@ -66,11 +74,14 @@ impl PciRoot {
         state.mapped = keep;
         let mut refused = Vec::new();
         for bar in wanted {
-            if state.mapped.contains(&bar) {
+            if state.mapped.iter().any(|m| m.bar == bar) {
                 continue;
             }
             match self.map_bar(func, dev, &bar) {
-                Ok(()) => state.mapped.push(bar),
+                Ok(region) => state.mapped.push(MappedBar {
+                    bar,
+                    _region: region,
+                }),
                 Err(why) => {
                     if !state.refused.contains(&bar) {
                         log::warn!("{} left unmapped: {why}", describe(func, dev, &bar));
@@ -79,12 +90,18 @@ impl PciRoot {
                 }
             }
         }
-        state.mapped.sort_by_key(|b| b.index);
+        state.mapped.sort_by_key(|m| m.bar.index);
         state.refused = refused;
     }
 
-    /// Put `bar` on its bus and tell the device, or say why not.
-    fn map_bar(&self, func: &Function, dev: &mut dyn PciDevice, bar: &Bar) -> Result<(), String> {
+    /// Put `bar` on its bus and tell the device, or say why not. Returns the region the
+    /// bus refers to, for the caller to keep alive while the BAR stays mapped.
+    fn map_bar(
+        &self,
+        func: &Function,
+        dev: &mut dyn PciDevice,
+        bar: &Bar,
+    ) -> Result<Arc<Mutex<BarRegion>>, String> {
         if !self.placement_ok(bar) {
             return Err("outside the PCI windows".into());
         }
@@ -93,12 +110,15 @@ impl PciRoot {
             index: bar.index,
         }));
         let bus = self.bus_for(bar);
-        bus.insert(bar.addr, bar.size, region)
+        bus.insert(bar.addr, bar.size, Arc::downgrade(&region) as WeakBusDevice)
             .map_err(|e| e.to_string())?;
-        dev.bar_mapped(bar).map_err(|e| {
-            let _ = bus.remove(bar.addr);
-            format!("the device failed to map it: {e}")
-        })
+        match dev.bar_mapped(bar) {
+            Ok(()) => Ok(region),
+            Err(e) => {
+                let _ = bus.remove(bar.addr);
+                Err(format!("the device failed to map it: {e}"))
+            }
+        }
     }
 
     fn bus_for(&self, bar: &Bar) -> &Bus {

@@ -4,6 +4,7 @@ use super::*;
 use crate::pci::allocator::Window;
 use crate::pci::config::*;
 use crate::pci::{Bar, BarKind, PciError, ROM_BAR_INDEX};
+use crate::WeakBusDevice;
 
 const GIB: u64 = 1 << 30;
 const ECAM_BASE: u64 = 0xe000_0000;
@@ -99,6 +100,8 @@ struct Machine {
     root: Arc<PciRoot>,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
+    /// The config-access devices the buses refer to (the VMM's device manager owns them).
+    _access: (Arc<Mutex<PciConfigIo>>, Arc<Mutex<PciEcam>>),
 }
 
 impl Machine {
@@ -112,10 +115,17 @@ impl Machine {
         };
         let root = Arc::new(PciRoot::new(pio.clone(), mmio.clone(), windows).unwrap());
         let cf8 = Arc::new(Mutex::new(PciConfigIo::new(root.clone())));
-        pio.insert(0xcf8, CONFIG_IO_LEN, cf8).unwrap();
+        pio.insert(0xcf8, CONFIG_IO_LEN, Arc::downgrade(&cf8) as WeakBusDevice)
+            .unwrap();
         let ecam = Arc::new(Mutex::new(PciEcam::new(root.clone())));
-        mmio.insert(ECAM_BASE, ECAM_SIZE, ecam).unwrap();
-        Self { root, pio, mmio }
+        mmio.insert(ECAM_BASE, ECAM_SIZE, Arc::downgrade(&ecam) as WeakBusDevice)
+            .unwrap();
+        Self {
+            root,
+            pio,
+            mmio,
+            _access: (cf8, ecam),
+        }
     }
 
     fn add(&self, slot: u8, function: u8, dev: &Arc<Mutex<TestDevice>>) -> Bdf {
@@ -591,4 +601,23 @@ fn bar_moves_race_with_bar_accesses_without_deadlock() {
     // The last write put it back where it was.
     assert!(m.mmio_claimed(b0.addr));
     assert!(!m.mmio_claimed(0xd000_0000));
+}
+
+/// The root owns its functions and the regions of their mapped BARs; the buses only refer
+/// to them. Dropping the root (and the config-access devices) frees every device even while
+/// its BARs decode, with the buses still alive: no cycle keeps a device (a VFIO group) open.
+#[test]
+fn dropping_the_root_frees_devices_with_mapped_bars() {
+    let (m, dev, _events, [b0, _, b4]) = machine_with_bars();
+    m.write32(1, COMMAND, u32::from(COMMAND_MEMORY | COMMAND_IO));
+    assert!(m.mmio_claimed(b0.addr));
+    let (pio, mmio) = (m.pio.clone(), m.mmio.clone());
+    let weak = Arc::downgrade(&dev);
+    drop(dev);
+    assert!(weak.upgrade().is_some(), "the root holds the device");
+    drop(m);
+    assert!(weak.upgrade().is_none(), "the device outlived its root");
+    assert!(!mmio.read(b0.addr, &mut [0; 4]));
+    assert!(!pio.read(b4.addr, &mut [0; 1]));
+    assert!(!mmio.read(ECAM_BASE, &mut [0; 4]));
 }

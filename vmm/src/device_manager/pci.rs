@@ -1,42 +1,54 @@
 //! The guest's PCI topology: the root complex (host bridge at 00:00.0) reached through
-//! 0xCF8/0xCFC and ECAM, its BAR windows (the same the ACPI DSDT declares), and the
-//! passed-through functions placed in guest slots.
+//! 0xCF8/0xCFC and ECAM, its BAR windows (the same the ACPI DSDT declares), and where the
+//! passed-through functions go in it.
 
 use std::sync::{Arc, Mutex};
 
 use arch::layout::{PCI_CONFIG_ADDRESS_PORT, PCI_ECAM_SIZE, PCI_ECAM_START};
 use arch::pci_windows::PciWindows;
-use devices::pci::root::{PciConfigIo, PciEcam, PciRoot};
+use devices::pci::root::{PciConfigIo, PciEcam, PciRoot, CONFIG_IO_LEN};
 use devices::pci::Bdf;
-use devices::Bus;
+use devices::{Bus, WeakBusDevice};
 
 use crate::error::{Error, Result};
 
-/// Create the root complex and put its config-access devices on the buses.
-pub fn create_root(pio: &Arc<Bus>, mmio: &Arc<Bus>, windows: PciWindows) -> Result<Arc<PciRoot>> {
-    let fail = |what: &'static str| {
-        move |e: String| Error::Io {
-            what,
-            source: std::io::Error::other(e),
-        }
-    };
-    let root = Arc::new(
-        PciRoot::new(pio.clone(), mmio.clone(), windows)
-            .map_err(|e| fail("the PCI root complex")(e.to_string()))?,
-    );
-    pio.insert(
-        u64::from(PCI_CONFIG_ADDRESS_PORT),
-        8,
-        Arc::new(Mutex::new(PciConfigIo::new(root.clone()))),
-    )
-    .map_err(|e| fail("PCI config ports")(e.to_string()))?;
-    mmio.insert(
-        PCI_ECAM_START,
-        PCI_ECAM_SIZE,
-        Arc::new(Mutex::new(PciEcam::new(root.clone()))),
-    )
-    .map_err(|e| fail("the PCI ECAM window")(e.to_string()))?;
-    Ok(root)
+/// The root complex and its two config-access devices. The buses refer to the access
+/// devices, which hold the root; the root holds the buses (to map BARs) and owns its
+/// functions, so dropping this frees every PCI device.
+pub struct PciDevices {
+    pub root: Arc<PciRoot>,
+    _access: (Arc<Mutex<PciConfigIo>>, Arc<Mutex<PciEcam>>),
+}
+
+impl PciDevices {
+    /// Create the root complex with BARs in `windows` and put its config access on the
+    /// buses.
+    pub fn new(pio: &Arc<Bus>, mmio: &Arc<Bus>, windows: PciWindows) -> Result<Self> {
+        let root = Arc::new(PciRoot::new(pio.clone(), mmio.clone(), windows).map_err(
+            |source| Error::Pci {
+                what: "the PCI root complex",
+                source,
+            },
+        )?);
+        let config_io = Arc::new(Mutex::new(PciConfigIo::new(root.clone())));
+        pio.insert(
+            u64::from(PCI_CONFIG_ADDRESS_PORT),
+            CONFIG_IO_LEN,
+            Arc::downgrade(&config_io) as WeakBusDevice,
+        )
+        .map_err(|e| Error::io("PCI config ports")(std::io::Error::other(e)))?;
+        let ecam = Arc::new(Mutex::new(PciEcam::new(root.clone())));
+        mmio.insert(
+            PCI_ECAM_START,
+            PCI_ECAM_SIZE,
+            Arc::downgrade(&ecam) as WeakBusDevice,
+        )
+        .map_err(|e| Error::io("the PCI ECAM window")(std::io::Error::other(e)))?;
+        Ok(Self {
+            root,
+            _access: (config_io, ecam),
+        })
+    }
 }
 
 /// The guest address of each passed-through host function. Functions of one host slot

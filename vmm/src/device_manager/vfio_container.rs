@@ -1,10 +1,14 @@
 //! VFIO plumbing the VM owns: the KVM VFIO device, the type1 container every passed-through
-//! device's group joins, and the DMA mapping of all guest RAM (iova = guest physical).
+//! device's group joins, and the DMA mapping of all guest RAM (iova = guest physical),
+//! undone when the container goes away.
 
 use std::io;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use devices::pci::root::PciRootError;
+use devices::vfio::VfioPciError;
 use kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
 use kvm_ioctls::VmFd;
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd, VfioError, VfioOps};
@@ -13,14 +17,39 @@ use vm_memory::GuestMemoryMmap;
 use crate::error::{Error, Result};
 use crate::host::checks::vfio_group_open_failed;
 use crate::host::preflight::CheckedDevice;
-use crate::host::Sysfs;
 
-pub struct Passthrough {
-    container: Arc<VfioContainer>,
-    ram_mapped: bool,
+/// Why a device could not be passed through. Each message carries its fix where there is
+/// one; the VFIO or device error stays the source.
+#[derive(Debug, thiserror::Error)]
+pub enum PassthroughError {
+    #[error("{}", describe(.0))]
+    Container(#[source] VfioError),
+    #[error("{hint}")]
+    Open {
+        hint: String,
+        #[source]
+        source: VfioError,
+    },
+    #[error(
+        "{}; the guest's RAM must be pinned: check RLIMIT_MEMLOCK (ulimit -l) or give the guest less memory",
+        describe(.0)
+    )]
+    DmaMap(#[source] VfioError),
+    #[error(transparent)]
+    Device(#[from] VfioPciError),
+    #[error(transparent)]
+    Placement(#[from] PciRootError),
 }
 
-impl Passthrough {
+/// The container and, once mapped, the guest RAM it maps for DMA.
+pub struct VfioContainerState {
+    container: Arc<VfioContainer>,
+    /// Guest RAM as mapped for DMA; kept (its regions stay mapped in this process) until it is
+    /// unmapped on drop.
+    mapped_ram: Option<GuestMemoryMmap>,
+}
+
+impl VfioContainerState {
     /// Create the KVM VFIO device and an (empty) VFIO container bound to it.
     pub fn new(vm: &VmFd) -> Result<Self> {
         let mut kvm_vfio = kvm_create_device {
@@ -34,21 +63,24 @@ impl Passthrough {
         let handle = Arc::new(VfioDeviceFd::new_from_kvm(fd));
         let container = VfioContainer::new(Some(handle)).map_err(|e| Error::Vfio {
             what: "the VFIO container".into(),
-            reason: describe(&e),
+            source: PassthroughError::Container(e),
         })?;
         Ok(Self {
             container: Arc::new(container),
-            ram_mapped: false,
+            mapped_ram: None,
         })
     }
 
-    /// Open a checked device: its group joins the container (the first group sets the
-    /// type1 IOMMU) and KVM is told about the group.
-    pub fn open_device(&self, sysfs: &Sysfs, dev: &CheckedDevice) -> Result<VfioDevice> {
+    /// Open a checked device at its sysfs directory: its group joins the container (the
+    /// first group sets the type1 IOMMU) and KVM is told about the group.
+    pub fn open_device(&self, dev: &CheckedDevice, sysfs_dir: &Path) -> Result<VfioDevice> {
         let ops: Arc<dyn VfioOps> = self.container.clone();
-        VfioDevice::new(&sysfs.device_dir(&dev.bdf), ops, false).map_err(|e| Error::Vfio {
+        VfioDevice::new(sysfs_dir, ops, false).map_err(|source| Error::Vfio {
             what: format!("{} (IOMMU group {})", dev.bdf, dev.group),
-            reason: describe_open(&e, dev),
+            source: PassthroughError::Open {
+                hint: describe_open(&source, dev),
+                source,
+            },
         })
     }
 
@@ -56,23 +88,22 @@ impl Passthrough {
     /// has no IOMMU before a group joins it). Returns how long the pinning took.
     pub fn map_guest_ram(&mut self, mem: &GuestMemoryMmap) -> Result<Duration> {
         let start = Instant::now();
-        // SAFETY: every region of `mem` stays mapped until `unmap_guest_ram` (called from
-        // Drop at the latest), and `mem` outlives this container in the VM's teardown order.
+        // SAFETY: `mapped_ram` keeps every region of `mem` mapped in this process until
+        // `Drop` unmaps it from the IOMMU.
         unsafe { self.container.vfio_map_guest_memory(mem) }.map_err(|e| Error::Vfio {
             what: "guest RAM DMA mapping".into(),
-            reason: format!(
-                "{}; the guest's RAM must be pinned: check RLIMIT_MEMLOCK (ulimit -l) or use less --memory",
-                describe(&e)
-            ),
+            source: PassthroughError::DmaMap(e),
         })?;
-        self.ram_mapped = true;
+        self.mapped_ram = Some(mem.clone());
         Ok(start.elapsed())
     }
+}
 
-    /// Undo `map_guest_ram` (before guest memory is unmapped from the process).
-    pub fn unmap_guest_ram(&mut self, mem: &GuestMemoryMmap) {
-        if std::mem::take(&mut self.ram_mapped) {
-            if let Err(e) = self.container.vfio_unmap_guest_memory(mem) {
+impl Drop for VfioContainerState {
+    /// Unmap guest RAM from the IOMMU; the devices release their own state before this.
+    fn drop(&mut self) {
+        if let Some(mem) = self.mapped_ram.take() {
+            if let Err(e) = self.container.vfio_unmap_guest_memory(&mem) {
                 log::warn!("unmapping guest RAM from the IOMMU: {}", describe(&e));
             }
         }

@@ -1,0 +1,99 @@
+//! The VM's devices in one owner: the port I/O and MMIO buses, the platform devices, the PCI
+//! root complex and the passed-through devices (and, next, virtio devices). Built in order;
+//! torn down in the reverse order on every path, an error half-way included, by dropping the
+//! manager (the fields' declaration order below is the teardown order).
+//!
+//! Ownership: the manager owns every device; the buses only hold weak references, so no
+//! device keeps another alive through a bus and nothing leaks when the manager goes.
+
+mod passthrough;
+mod pci;
+mod platform;
+mod vfio_container;
+
+use std::io::Write;
+use std::sync::Arc;
+
+use arch::pci_windows::PciWindows;
+use devices::Bus;
+use kvm_ioctls::VmFd;
+use vm_memory::GuestMemoryMmap;
+
+pub use passthrough::{PassthroughDevice, SlotRange};
+pub use platform::PlatformDevices;
+pub use vfio_container::PassthroughError;
+
+use crate::error::Result;
+use crate::exit::ExitChannel;
+use crate::timeline::Timeline;
+use passthrough::PassedThrough;
+use pci::PciDevices;
+
+/// The buses vCPU exits are dispatched on.
+#[derive(Clone)]
+pub struct Buses {
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+}
+
+/// Fields drop in declaration order: passed-through devices are quiesced, reset and guest
+/// RAM DMA-unmapped first (while the VM and its memory still exist), then the PCI root drops
+/// its functions (closing the VFIO device and group files), then the platform devices.
+pub struct DeviceManager {
+    passthrough: Option<PassedThrough>,
+    pci: PciDevices,
+    platform: PlatformDevices,
+    buses: Buses,
+}
+
+impl DeviceManager {
+    /// The platform devices and an empty PCI root whose BARs go in `windows`.
+    pub fn new(
+        vm: &VmFd,
+        windows: PciWindows,
+        exit: &Arc<ExitChannel>,
+        timeline: &Arc<Timeline>,
+        console_out: Box<dyn Write + Send>,
+    ) -> Result<Self> {
+        let buses = Buses {
+            pio: Arc::new(Bus::new()),
+            mmio: Arc::new(Bus::new()),
+        };
+        let platform = PlatformDevices::new(vm, &buses.pio, exit, timeline, console_out)?;
+        let pci = PciDevices::new(&buses.pio, &buses.mmio, windows)?;
+        Ok(Self {
+            passthrough: None,
+            pci,
+            platform,
+            buses,
+        })
+    }
+
+    /// Pass `devices` through (nothing to do when empty): open them, place them on the PCI
+    /// root and DMA-map `mem`. On an error, what was opened is released again.
+    pub fn attach_passthrough(
+        &mut self,
+        vm: &Arc<VmFd>,
+        mem: &GuestMemoryMmap,
+        devices: &[PassthroughDevice],
+        slots: SlotRange,
+    ) -> Result<()> {
+        if !devices.is_empty() {
+            let attached = passthrough::attach(vm, mem, &self.pci.root, devices, slots)?;
+            self.passthrough = Some(attached);
+        }
+        Ok(())
+    }
+
+    pub fn has_passthrough(&self) -> bool {
+        self.passthrough.is_some()
+    }
+
+    pub fn buses(&self) -> &Buses {
+        &self.buses
+    }
+
+    pub fn platform(&self) -> &PlatformDevices {
+        &self.platform
+    }
+}

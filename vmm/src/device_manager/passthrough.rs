@@ -1,0 +1,111 @@
+//! Passed-through devices: opened into the VM's VFIO container, placed on the PCI root,
+//! guest RAM DMA-mapped; and released (interrupts off, slots unmapped, reset, DMA unmapped)
+//! when this is dropped, whatever the path.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use devices::pci::root::PciRoot;
+use devices::vfio::VfioPciDevice;
+use kvm_ioctls::VmFd;
+use vfio_bindings::bindings::vfio::VFIO_PCI_CONFIG_REGION_INDEX;
+use vm_memory::GuestMemoryMmap;
+
+use super::pci::place;
+use super::vfio_container::{PassthroughError, VfioContainerState};
+use crate::error::{Error, Result};
+use crate::host::preflight::CheckedDevice;
+use crate::interrupts::KvmInterruptRouter;
+use crate::slots::KvmMemoryMapper;
+
+const INTERRUPT_PIN: u64 = 0x3d;
+
+/// A device that passed the preflight, with where VFIO finds it.
+pub struct PassthroughDevice {
+    pub checked: CheckedDevice,
+    pub sysfs_dir: PathBuf,
+}
+
+/// KVM memory slots to hand out for device memory.
+pub struct SlotRange {
+    pub first_free: u32,
+    pub max: u32,
+}
+
+/// Everything the VM holds for passthrough. Dropping it releases each device (the PCI root
+/// still holds them until it goes) and then unmaps guest RAM from the IOMMU.
+pub struct PassedThrough {
+    devices: Vec<Arc<Mutex<VfioPciDevice>>>,
+    container: VfioContainerState,
+    pub dma_map_time: Duration,
+}
+
+/// Open every device, put it on `root` at its guest address, and DMA-map guest RAM.
+/// On an error half-way, what was opened is released before the error is returned.
+pub fn attach(
+    vm: &Arc<VmFd>,
+    mem: &GuestMemoryMmap,
+    root: &PciRoot,
+    devices: &[PassthroughDevice],
+    slots: SlotRange,
+) -> Result<PassedThrough> {
+    let mut attached = PassedThrough {
+        devices: Vec::new(),
+        container: VfioContainerState::new(vm)?,
+        dma_map_time: Duration::ZERO,
+    };
+    let router = Arc::new(KvmInterruptRouter::new(vm.clone()));
+    let mapper = Arc::new(KvmMemoryMapper::new(
+        vm.clone(),
+        slots.first_free,
+        slots.max,
+    ));
+    let bdfs: Vec<_> = devices.iter().map(|d| d.checked.bdf).collect();
+    for (dev, guest) in devices.iter().zip(place(&bdfs)) {
+        let host_bdf = dev.checked.bdf;
+        let failed = |source: PassthroughError| Error::Vfio {
+            what: host_bdf.to_string(),
+            source,
+        };
+        let vfio = attached
+            .container
+            .open_device(&dev.checked, &dev.sysfs_dir)?;
+        let mut pin = [0u8];
+        vfio.region_read(VFIO_PCI_CONFIG_REGION_INDEX, &mut pin, INTERRUPT_PIN);
+        let intx_gsi = (1..=4)
+            .contains(&pin[0])
+            .then(|| arch::acpi::pci_intx_gsi(guest.device, pin[0] - 1));
+        let device = VfioPciDevice::from_vfio_device(
+            vfio,
+            host_bdf.to_string(),
+            router.clone(),
+            mapper.clone(),
+            intx_gsi,
+        )
+        .map_err(|e| failed(e.into()))?;
+        let device = Arc::new(Mutex::new(device));
+        attached.devices.push(device.clone());
+        let at = root
+            .add_device(Some(guest.device), guest.function, device)
+            .map_err(|e| failed(e.into()))?;
+        log::info!("{host_bdf} is {at} in the guest (INTx GSI {intx_gsi:?})");
+    }
+    attached.dma_map_time = attached.container.map_guest_ram(mem)?;
+    log::info!(
+        "guest RAM DMA-mapped for {} device(s) in {:.1} ms",
+        attached.devices.len(),
+        attached.dma_map_time.as_secs_f64() * 1000.0
+    );
+    Ok(attached)
+}
+
+impl Drop for PassedThrough {
+    /// Quiesce and reset every device (interrupts off, BAR slots unmapped) while guest RAM
+    /// is still DMA-mapped; the container then unmaps it (its own Drop, after this).
+    fn drop(&mut self) {
+        for device in self.devices.drain(..) {
+            device.lock().unwrap_or_else(|e| e.into_inner()).release();
+        }
+    }
+}
