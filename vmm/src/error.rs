@@ -6,8 +6,9 @@
 use boot::BootError;
 
 use crate::config::ConfigError;
-use crate::device_manager::PassthroughError;
-use crate::guest_boot::AcpiWriteError;
+use devices::pci::root::PciRootError;
+use devices::vfio::VfioPciError;
+use vfio_ioctls::VfioError;
 
 type BoxedSource = Box<dyn std::error::Error + Send + Sync>;
 
@@ -102,6 +103,48 @@ impl Error {
             _ => 1,
         }
     }
+}
+
+/// Why a device could not be passed through. Each message carries its fix where there is
+/// one; the VFIO or device error stays the source.
+#[derive(Debug, thiserror::Error)]
+pub enum PassthroughError {
+    #[error("{}", describe_vfio(.0))]
+    Container(#[source] VfioError),
+    #[error("{hint}")]
+    Open {
+        hint: String,
+        #[source]
+        source: VfioError,
+    },
+    #[error(
+        "{}; the guest's RAM must be pinned: check RLIMIT_MEMLOCK (ulimit -l) or give the guest less memory",
+        describe_vfio(.0)
+    )]
+    DmaMap(#[source] VfioError),
+    #[error(transparent)]
+    Device(#[from] VfioPciError),
+    #[error(transparent)]
+    Placement(#[from] PciRootError),
+}
+
+/// Why the ACPI tables (and the reset-vector stub beside them) could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum AcpiWriteError {
+    #[error(transparent)]
+    Build(#[from] arch::acpi::AcpiError),
+    #[error("the tables reach the reset vector")]
+    TooBig,
+    #[error(transparent)]
+    Memory(#[from] vm_memory::GuestMemoryError),
+}
+
+/// A VFIO error with its OS cause spelled out.
+pub fn describe_vfio(e: &VfioError) -> String {
+    let source = std::error::Error::source(e)
+        .map(|s| format!(": {s}"))
+        .unwrap_or_default();
+    format!("{e}{source}")
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -7,7 +7,7 @@ use boot::{BootParamsInput, DEFAULT_INITRD_ADDR_MAX};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::config::VmConfig;
-use crate::error::Result;
+use crate::error::{AcpiWriteError, Result};
 
 /// Load everything; returns the kernel's 64-bit entry point.
 pub fn load(mem: &GuestMemoryMmap, config: &VmConfig, pci: &PciHostConfig) -> Result<u64> {
@@ -46,17 +46,6 @@ pub fn load(mem: &GuestMemoryMmap, config: &VmConfig, pci: &PciHostConfig) -> Re
         kernel.entry.0
     );
     Ok(kernel.entry.0)
-}
-
-/// Why the ACPI tables (and the reset-vector stub beside them) could not be written.
-#[derive(Debug, thiserror::Error)]
-pub enum AcpiWriteError {
-    #[error(transparent)]
-    Build(#[from] arch::acpi::AcpiError),
-    #[error("the tables reach the reset vector")]
-    TooBig,
-    #[error(transparent)]
-    Memory(#[from] vm_memory::GuestMemoryError),
 }
 
 fn write_acpi(

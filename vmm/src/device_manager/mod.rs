@@ -21,7 +21,6 @@ use vm_memory::GuestMemoryMmap;
 
 pub use passthrough::{PassthroughDevice, SlotRange};
 pub use platform::PlatformDevices;
-pub use vfio_container::PassthroughError;
 
 use crate::error::Result;
 use crate::exit::ExitChannel;

@@ -13,8 +13,8 @@ use vfio_bindings::bindings::vfio::VFIO_PCI_CONFIG_REGION_INDEX;
 use vm_memory::GuestMemoryMmap;
 
 use super::pci::place;
-use super::vfio_container::{PassthroughError, VfioContainerState};
-use crate::error::{Error, Result};
+use super::vfio_container::VfioContainerState;
+use crate::error::{Error, PassthroughError, Result};
 use crate::host::preflight::CheckedDevice;
 use crate::interrupts::KvmInterruptRouter;
 use crate::slots::KvmMemoryMapper;

@@ -7,39 +7,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use devices::pci::root::PciRootError;
-use devices::vfio::VfioPciError;
 use kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
 use kvm_ioctls::VmFd;
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd, VfioError, VfioOps};
 use vm_memory::GuestMemoryMmap;
 
-use crate::error::{Error, Result};
+use crate::error::{describe_vfio as describe, Error, PassthroughError, Result};
 use crate::host::checks::vfio_group_open_failed;
 use crate::host::preflight::CheckedDevice;
-
-/// Why a device could not be passed through. Each message carries its fix where there is
-/// one; the VFIO or device error stays the source.
-#[derive(Debug, thiserror::Error)]
-pub enum PassthroughError {
-    #[error("{}", describe(.0))]
-    Container(#[source] VfioError),
-    #[error("{hint}")]
-    Open {
-        hint: String,
-        #[source]
-        source: VfioError,
-    },
-    #[error(
-        "{}; the guest's RAM must be pinned: check RLIMIT_MEMLOCK (ulimit -l) or give the guest less memory",
-        describe(.0)
-    )]
-    DmaMap(#[source] VfioError),
-    #[error(transparent)]
-    Device(#[from] VfioPciError),
-    #[error(transparent)]
-    Placement(#[from] PciRootError),
-}
 
 /// The container and, once mapped, the guest RAM it maps for DMA.
 pub struct VfioContainerState {
@@ -115,14 +90,6 @@ fn io_source(e: &VfioError) -> Option<&io::Error> {
         VfioError::OpenContainer(io) | VfioError::OpenGroup(io, _) => Some(io),
         _ => None,
     }
-}
-
-/// A VFIO error with its OS cause spelled out.
-fn describe(e: &VfioError) -> String {
-    let source = std::error::Error::source(e)
-        .map(|s| format!(": {s}"))
-        .unwrap_or_default();
-    format!("{e}{source}")
 }
 
 /// Opening a device's group: the usual failures get their fix, worded as `zhitong check`
