@@ -25,18 +25,6 @@ use crate::{guest_boot, memory, pci, platform};
 /// KVM needs three pages for the TSS on Intel; they sit in the MMIO hole, above the LAPIC.
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 
-/// Lets another thread end a running VM.
-#[derive(Clone)]
-pub struct Stopper(Arc<ExitChannel>);
-
-impl Stopper {
-    pub fn stop(&self, reason: impl Into<String>) {
-        self.0.request(VmExit::Stopped {
-            reason: reason.into(),
-        });
-    }
-}
-
 /// A configured VM, checked but not yet started.
 pub struct Vm {
     config: VmConfig,
@@ -71,10 +59,6 @@ impl Vm {
             exit: Arc::new(ExitChannel::new().map_err(Error::io("the exit event"))?),
             timeline: Arc::new(Timeline::new(start)),
         })
-    }
-
-    pub fn stopper(&self) -> Stopper {
-        Stopper(self.exit.clone())
     }
 
     pub fn timeline(&self) -> Arc<Timeline> {
