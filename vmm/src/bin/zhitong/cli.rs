@@ -183,7 +183,7 @@ fn parse_size_arg(s: &str) -> Result<u64, String> {
 }
 
 fn parse_vcpus_arg(s: &str) -> Result<u8, String> {
-    parse_vcpus(s).map_err(|e| e.to_string())
+    parse_vcpus(s).map_err(|e| crate::flag_errors::message(&e.into()))
 }
 
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
@@ -362,8 +362,14 @@ mod tests {
     #[test]
     fn errors_are_one_line_with_the_fix() {
         let cases = [
-            (run_args(&["--cpus", "0"]), "between 1 and 254"),
-            (run_args(&["--cpus", "300"]), "between 1 and 254"),
+            (
+                run_args(&["--cpus", "0"]),
+                "--cpus must be between 1 and 254, got 0",
+            ),
+            (
+                run_args(&["--cpus", "300"]),
+                "--cpus must be between 1 and 254",
+            ),
             (run_args(&["--memory", "lots"]), "512M or 4G"),
             (run_args(&["--frobnicate"]), "--frobnicate"),
             (run_args(&["--device", "gpu0"]), "0000:01:00.0"),
@@ -470,7 +476,7 @@ mod tests {
         let Command::Run(args) = cli.command else {
             panic!()
         };
-        let msg = args.to_config().unwrap_err().to_string();
+        let msg = crate::flag_errors::message(&args.to_config().unwrap_err().into());
         assert!(
             msg.contains("/nonexistent.json") && msg.contains("--config"),
             "{msg}"

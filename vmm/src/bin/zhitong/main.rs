@@ -10,6 +10,7 @@ mod bind;
 mod check;
 mod cli;
 mod devices;
+mod flag_errors;
 mod junit;
 mod logger;
 mod matrix;
@@ -64,7 +65,7 @@ fn run(args: &RunArgs, start: Instant) -> i32 {
     let config = match args.to_config() {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("zhitong: {e}");
+            eprintln!("zhitong: {}", flag_errors::message(&e.into()));
             return 2;
         }
     };
@@ -104,7 +105,7 @@ fn run(args: &RunArgs, start: Instant) -> i32 {
     let vm = match Vm::new(config, console, start) {
         Ok(vm) => vm,
         Err(e) => {
-            eprintln!("zhitong: {e}");
+            eprintln!("zhitong: {}", flag_errors::message(&e));
             return e.exit_code();
         }
     };
@@ -125,7 +126,7 @@ fn run(args: &RunArgs, start: Instant) -> i32 {
     let code = match &result {
         Ok(exit) => report_exit(exit),
         Err(e) => {
-            eprintln!("zhitong: {e}");
+            eprintln!("zhitong: {}", flag_errors::message(e));
             e.exit_code()
         }
     };
