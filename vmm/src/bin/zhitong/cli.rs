@@ -38,21 +38,29 @@ pub enum Command {
     /// Talk to a running VM's API socket ('zhitong run --api-socket PATH'); prints its JSON.
     /// Exit 0 on success, 1 when the server refuses, 2 for bad usage.
     Api(ApiArgs),
-    /// Run a matrix of VMs one after another (a TOML file of [[case]]s); one line per case,
-    /// a log per case, a JUnit report. Exit 0 when every case met its expected status.
+    // The help texts with [[case]] or <name> are attributes, not doc comments: rustdoc would
+    // take them for links and HTML tags.
+    #[command(
+        about = "Run a matrix of VMs one after another (a TOML file of [[case]]s); one line per case, a log per case, a JUnit report. Exit 0 when every case met its expected status"
+    )]
     Test(TestArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct TestArgs {
-    /// The matrix: [[case]] tables, each a VM configuration plus name, expect, timeout.
-    #[arg(value_name = "MATRIX.toml")]
+    #[arg(
+        value_name = "MATRIX.toml",
+        help = "The matrix: [[case]] tables, each a VM configuration plus name, expect, timeout"
+    )]
     pub matrix: PathBuf,
     /// Write a JUnit XML report here.
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
-    /// The directory for each case's console log, <name>.log [default: zhitong-logs].
-    #[arg(long, value_name = "DIR")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        help = "The directory for each case's console log, <name>.log [default: zhitong-logs]"
+    )]
     pub logs: Option<PathBuf>,
     /// Run only the cases whose name contains this text.
     #[arg(long, value_name = "SUBSTR")]
