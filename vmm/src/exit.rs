@@ -18,8 +18,11 @@ pub enum VmExit {
     GuestStatus(u8),
     /// The VM ran longer than its `VmConfig::timeout` and was stopped.
     Timeout(Duration),
-    /// The caller asked the VM to stop (e.g. SIGINT/SIGTERM in the CLI).
+    /// The caller asked the VM to stop (`VmHandle::stop`, or a shutdown the guest ignored).
     Stopped { reason: String },
+    /// The caller stopped the VM because the process got this signal
+    /// (`VmHandle::stop_for_signal`; SIGINT/SIGTERM in the CLI).
+    Signal { signal: i32 },
     /// The guest showed no sign of life in time.
     BootTimeout(Duration),
     /// A vCPU hit a condition the VM cannot continue from (triple fault, KVM error).
@@ -33,6 +36,20 @@ impl VmExit {
             self,
             VmExit::Poweroff | VmExit::Reset | VmExit::GuestStatus(0)
         )
+    }
+
+    /// The exit status of a process whose VM ended this way (what `zhitong run` exits with):
+    /// 0 for a poweroff or reboot, the guest's own status, 124 for the run timeout (like
+    /// timeout(1)), 128+N for signal N (as shells report it), 1 for every other stop or
+    /// failure.
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            VmExit::Poweroff | VmExit::Reset => 0,
+            VmExit::GuestStatus(status) => i32::from(*status),
+            VmExit::Timeout(_) => 124,
+            VmExit::Signal { signal } => 128 + signal,
+            VmExit::Stopped { .. } | VmExit::BootTimeout(_) | VmExit::Crashed { .. } => 1,
+        }
     }
 }
 
@@ -115,5 +132,50 @@ mod tests {
         assert!(VmExit::GuestStatus(0).is_clean());
         assert!(!VmExit::GuestStatus(3).is_clean());
         assert!(!VmExit::BootTimeout(Duration::from_secs(1)).is_clean());
+        assert!(!VmExit::Signal {
+            signal: libc::SIGTERM
+        }
+        .is_clean());
+    }
+
+    #[test]
+    fn exit_statuses() {
+        let secs = Duration::from_secs;
+        for (exit, status) in [
+            (VmExit::Poweroff, 0),
+            (VmExit::Reset, 0),
+            (VmExit::GuestStatus(0), 0),
+            (VmExit::GuestStatus(3), 3),
+            (VmExit::GuestStatus(255), 255),
+            (VmExit::Timeout(secs(20)), 124),
+            (
+                VmExit::Stopped {
+                    reason: "shutdown: the guest did not power off within 30s".into(),
+                },
+                1,
+            ),
+            (
+                VmExit::Signal {
+                    signal: libc::SIGINT,
+                },
+                130,
+            ),
+            (
+                VmExit::Signal {
+                    signal: libc::SIGTERM,
+                },
+                143,
+            ),
+            (VmExit::BootTimeout(secs(60)), 1),
+            (
+                VmExit::Crashed {
+                    vcpu: 1,
+                    reason: "triple fault".into(),
+                },
+                1,
+            ),
+        ] {
+            assert_eq!(exit.exit_status(), status, "{exit:?}");
+        }
     }
 }

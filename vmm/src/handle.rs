@@ -92,16 +92,21 @@ impl VmShared {
 }
 
 /// A started VM. Dropping the handle without `wait` stops the VM and waits for it.
+///
+/// Every method takes `&self` and the handle is `Send + Sync`, so threads can share it (an
+/// `Arc<VmHandle>` or a scoped thread): one waits while another (a signal thread, an API
+/// server) stops or controls the VM.
 pub struct VmHandle {
     shared: Arc<VmShared>,
-    thread: Option<JoinHandle<Result<VmExit>>>,
+    /// Taken by the first `wait`.
+    thread: Mutex<Option<JoinHandle<Result<VmExit>>>>,
 }
 
 impl VmHandle {
     pub(crate) fn new(shared: Arc<VmShared>, thread: JoinHandle<Result<VmExit>>) -> Self {
         Self {
             shared,
-            thread: Some(thread),
+            thread: Mutex::new(Some(thread)),
         }
     }
 
@@ -181,13 +186,18 @@ impl VmHandle {
         });
     }
 
-    /// Wait for the VM to end and everything it held to be released.
-    pub fn wait(mut self) -> Result<VmExit> {
-        self.join()
+    /// End the VM now because the process got `signal` (e.g. `libc::SIGTERM`); `wait`
+    /// reports `VmExit::Signal`, whose `exit_status` is 128 + `signal`.
+    pub fn stop_for_signal(&self, signal: i32) {
+        self.shared.exit.request(VmExit::Signal { signal });
     }
 
-    fn join(&mut self) -> Result<VmExit> {
-        match self.thread.take() {
+    /// Wait for the VM to end and everything it held to be released. Only the first call
+    /// gets the outcome; later calls return an error at once.
+    pub fn wait(&self) -> Result<VmExit> {
+        // Taken out of the lock so a second caller is not blocked behind the join.
+        let thread = self.thread.lock().unwrap().take();
+        match thread {
             Some(thread) => thread.join().unwrap_or_else(|_| {
                 Err(Error::Io {
                     what: "the VM thread",
@@ -214,9 +224,93 @@ impl VmShared {
 
 impl Drop for VmHandle {
     fn drop(&mut self) {
-        if self.thread.is_some() {
+        if self.thread.get_mut().unwrap().is_some() {
             self.stop("the VM handle was dropped");
-            let _ = self.join();
+            let _ = self.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle_for(thread: impl FnOnce(&VmShared) -> Result<VmExit> + Send + 'static) -> VmHandle {
+        let exit = Arc::new(ExitChannel::new().unwrap());
+        let timeline = Arc::new(Timeline::new(std::time::Instant::now()));
+        let shared = Arc::new(VmShared::new(exit, timeline));
+        let vm = shared.clone();
+        let thread = std::thread::spawn(move || {
+            let result = thread(&vm);
+            vm.set_state(VmState::Stopped);
+            result
+        });
+        VmHandle::new(shared, thread)
+    }
+
+    /// A VM thread that runs until an exit is requested and reports it.
+    fn until_exit(shared: &VmShared) -> Result<VmExit> {
+        shared.set_state(VmState::Running);
+        while !shared.exit.wait_timeout(Duration::from_secs(5)) {}
+        Ok(shared.exit.reason().unwrap())
+    }
+
+    #[test]
+    fn the_handle_can_be_shared_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<VmHandle>();
+    }
+
+    #[test]
+    fn another_thread_stops_the_vm_for_a_signal() {
+        let handle = Arc::new(handle_for(until_exit));
+        let signals = handle.clone();
+        let t = std::thread::spawn(move || signals.stop_for_signal(libc::SIGTERM));
+        let exit = handle.wait().unwrap();
+        t.join().unwrap();
+        assert_eq!(
+            exit,
+            VmExit::Signal {
+                signal: libc::SIGTERM
+            }
+        );
+        assert_eq!(exit.exit_status(), 143);
+        assert_eq!(handle.state(), VmState::Stopped);
+        assert!(
+            handle.wait().is_err(),
+            "only the first wait gets the outcome"
+        );
+    }
+
+    #[test]
+    fn stop_and_reset_are_reported_by_wait() {
+        let handle = handle_for(until_exit);
+        handle.stop("api");
+        assert_eq!(
+            handle.wait().unwrap(),
+            VmExit::Stopped {
+                reason: "api".into()
+            }
+        );
+        let handle = handle_for(until_exit);
+        handle.reset();
+        assert_eq!(handle.wait().unwrap(), VmExit::Reset);
+    }
+
+    #[test]
+    fn dropping_the_handle_stops_the_vm() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handle = handle_for(move |shared| {
+            let exit = until_exit(shared);
+            tx.send(exit.as_ref().ok().cloned()).unwrap();
+            exit
+        });
+        drop(handle);
+        assert_eq!(
+            rx.recv().unwrap(),
+            Some(VmExit::Stopped {
+                reason: "the VM handle was dropped".into()
+            })
+        );
     }
 }

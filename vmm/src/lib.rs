@@ -1,5 +1,6 @@
 //! zhitong's VMM as a library: build a [`VmConfig`], create a [`Vm`] with a [`Console`], and
-//! [`Vm::run`] it until the guest powers off, reboots, crashes, or a [`Stopper`] ends it.
+//! [`Vm::start`] it; the [`VmHandle`] controls it and waits until the guest powers off,
+//! reboots, crashes, or a caller stops it ([`VmHandle::stop`], [`VmHandle::stop_for_signal`]).
 //!
 //! ```no_run
 //! use std::time::{Duration, Instant};
@@ -57,4 +58,4 @@ pub use error::{Error, Result};
 pub use exit::VmExit;
 pub use handle::{ControlError, VmHandle, VmState};
 pub use timeline::{Milestone, Timeline};
-pub use vm::{Stopper, Vm};
+pub use vm::Vm;

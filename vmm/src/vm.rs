@@ -21,18 +21,6 @@ use crate::timeline::{Milestone, Timeline};
 use crate::vcpu::{self, RunGate, RunningVcpus, VcpuShared};
 use crate::{guest_boot, kvm, memory};
 
-/// Lets another thread end a running VM.
-#[derive(Clone)]
-pub struct Stopper(Arc<ExitChannel>);
-
-impl Stopper {
-    pub fn stop(&self, reason: impl Into<String>) {
-        self.0.request(VmExit::Stopped {
-            reason: reason.into(),
-        });
-    }
-}
-
 /// A configured VM, checked but not yet started.
 pub struct Vm {
     config: VmConfig,
@@ -82,10 +70,6 @@ impl Vm {
             exit: Arc::new(ExitChannel::new().map_err(Error::io("the exit event"))?),
             timeline: Arc::new(Timeline::new(start)),
         })
-    }
-
-    pub fn stopper(&self) -> Stopper {
-        Stopper(self.exit.clone())
     }
 
     pub fn timeline(&self) -> Arc<Timeline> {

@@ -27,11 +27,18 @@ pub struct Response {
 }
 
 impl Response {
-    pub fn json(status: u16, body: &serde_json::Value) -> Self {
-        Self {
-            status,
-            headers: Vec::new(),
-            body: body.to_string(),
+    /// `body` as JSON (keys in the order it serializes them).
+    pub fn json(status: u16, body: &impl serde::Serialize) -> Self {
+        match serde_json::to_string(body) {
+            Ok(body) => Self {
+                status,
+                headers: Vec::new(),
+                body,
+            },
+            Err(e) => Self::error(
+                500,
+                format!("cannot encode the reply ({e}); this is a zhitong bug, please report it"),
+            ),
         }
     }
 

@@ -17,13 +17,14 @@ pub mod client;
 pub mod http;
 mod server;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use crate::config::VmConfig;
 use crate::handle::{ControlError, VmHandle, VmState};
+use crate::timeline::Timeline;
 pub use http::{Request, Response};
 pub use server::{ApiServer, BindError};
 
@@ -35,8 +36,8 @@ pub trait VmControl: Sync {
     fn shutdown(&self, timeout: Duration) -> Result<(), ControlError>;
     /// End the VM now as a guest reboot would (`VmExit::Reset`).
     fn reset(&self);
-    /// The boot timeline as one JSON object.
-    fn timeline_json(&self) -> String;
+    /// The boot timeline.
+    fn timeline(&self) -> Arc<Timeline>;
 }
 
 impl VmControl for VmHandle {
@@ -55,8 +56,8 @@ impl VmControl for VmHandle {
     fn reset(&self) {
         VmHandle::reset(self)
     }
-    fn timeline_json(&self) -> String {
-        self.timeline().to_json()
+    fn timeline(&self) -> Arc<Timeline> {
+        VmHandle::timeline(self)
     }
 }
 
@@ -82,6 +83,30 @@ pub const ROUTES: &[(&str, &str, Route)] = &[
 
 /// How long the guest gets to power off after PUT /vm/shutdown without a body.
 pub const DEFAULT_SHUTDOWN_TIMEOUT_S: u64 = 30;
+
+/// The body of GET /vm; the fields serialize in the documented order.
+#[derive(Serialize)]
+struct VmInfo<'a> {
+    state: String,
+    /// As in a `--config` JSON file.
+    config: &'a VmConfig,
+    /// Milestones in boot order, as `--timings` prints them.
+    timeline: &'a Timeline,
+    devices: Vec<String>,
+}
+
+/// The body of the replies that only show the state (pause, resume, reboot).
+#[derive(Serialize)]
+struct StateReply {
+    state: String,
+}
+
+/// The body of the PUT /vm/shutdown reply.
+#[derive(Serialize)]
+struct ShutdownReply {
+    state: String,
+    timeout_s: u64,
+}
 
 /// The body of PUT /vm/shutdown.
 #[derive(Debug, Default, Deserialize)]
@@ -120,28 +145,19 @@ pub fn respond(req: &Request, vm: &dyn VmControl, config: &VmConfig) -> Response
     };
     match route {
         Route::GetVm => {
-            let body = body_json(req);
-            if let Err(e) = body {
+            if let Err(e) = body_json(req) {
                 return e;
             }
-            // Built by hand so the keys keep their documented order (state first, the
-            // timeline's milestones in boot order).
-            let timeline = vm.timeline_json();
-            let timeline = match serde_json::from_str::<serde_json::Value>(&timeline) {
-                Ok(v) if v.is_object() => timeline,
-                _ => "null".to_owned(),
-            };
-            let config_json = serde_json::to_string(config).unwrap_or_else(|_| "null".into());
-            let devices: Vec<String> = config.devices.iter().map(|d| d.to_string()).collect();
-            let state = serde_json::Value::from(vm.state().to_string());
-            Response {
-                status: 200,
-                headers: Vec::new(),
-                body: format!(
-                    "{{\"state\":{state},\"config\":{config_json},\"timeline\":{timeline},\"devices\":{}}}",
-                    serde_json::Value::from(devices)
-                ),
-            }
+            let timeline = vm.timeline();
+            Response::json(
+                200,
+                &VmInfo {
+                    state: vm.state().to_string(),
+                    config,
+                    timeline: &timeline,
+                    devices: config.devices.iter().map(|d| d.to_string()).collect(),
+                },
+            )
         }
         Route::Pause | Route::Resume => {
             if let Err(e) = body_json(req) {
@@ -186,7 +202,10 @@ pub fn respond(req: &Request, vm: &dyn VmControl, config: &VmConfig) -> Response
             match vm.shutdown(Duration::from_secs(timeout_s)) {
                 Ok(()) => Response::json(
                     202,
-                    &json!({ "state": vm.state().to_string(), "timeout_s": timeout_s }),
+                    &ShutdownReply {
+                        state: vm.state().to_string(),
+                        timeout_s,
+                    },
                 ),
                 Err(e) => conflict(&e, "shut down"),
             }
@@ -209,7 +228,12 @@ pub fn respond(req: &Request, vm: &dyn VmControl, config: &VmConfig) -> Response
 }
 
 fn state_reply(status: u16, vm: &dyn VmControl) -> Response {
-    Response::json(status, &json!({ "state": vm.state().to_string() }))
+    Response::json(
+        status,
+        &StateReply {
+            state: vm.state().to_string(),
+        },
+    )
 }
 
 fn conflict(e: &ControlError, verb: &str) -> Response {
@@ -317,8 +341,8 @@ pub(crate) mod tests_support {
             self.calls.lock().unwrap().push("reset".into());
             *self.state.lock().unwrap() = VmState::Stopping;
         }
-        fn timeline_json(&self) -> String {
-            crate::timeline::Timeline::new(std::time::Instant::now()).to_json()
+        fn timeline(&self) -> Arc<Timeline> {
+            Arc::new(Timeline::new(std::time::Instant::now()))
         }
     }
 
@@ -361,7 +385,7 @@ mod tests {
         assert_eq!(status, 200);
         assert_eq!(v["state"], "running");
         assert_eq!(v["config"]["kernel"]["path"], "/boot/vmlinuz");
-        assert_eq!(v["devices"], json!(["0000:01:00.0"]));
+        assert_eq!(v["devices"], serde_json::json!(["0000:01:00.0"]));
         assert!(v["timeline"]["vm_created_ms"].is_null());
         assert!(v["timeline"].as_object().unwrap().contains_key("exit_ms"));
         let (_, _, r) = call(&vm, "GET", "/vm", "");
@@ -375,6 +399,14 @@ mod tests {
             "{}",
             r.body
         );
+        // The exact text: documented key order, the timeline as --timings prints it.
+        let config_json = serde_json::to_string(&config()).unwrap();
+        let want = String::from("{\"state\":\"running\",\"config\":")
+            + &config_json
+            + ",\"timeline\":{\"vm_created_ms\":null,\"memory_ready_ms\":null,\
+               \"kernel_loaded_ms\":null,\"devices_ready_ms\":null,\"first_vcpu_entry_ms\":null,\
+               \"guest_marker_ms\":null,\"exit_ms\":null},\"devices\":[\"0000:01:00.0\"]}";
+        assert_eq!(r.body, want);
         // The config in GET /vm is the VmConfig JSON: it reads back.
         let back: VmConfig = serde_json::from_value(v["config"].clone()).unwrap();
         assert_eq!(back, config());
@@ -407,6 +439,9 @@ mod tests {
         let (s, v, _) = call(&vm, "PUT", "/vm/shutdown", "{\"timeout_s\": 5}");
         assert_eq!((s, v["timeout_s"].as_u64()), (202, Some(5)));
         assert_eq!(*vm.calls.lock().unwrap(), ["shutdown 30", "shutdown 5"]);
+        let (_, _, r) = call(&vm, "PUT", "/vm/shutdown", "");
+        assert_eq!(r.body, "{\"state\":\"running\",\"timeout_s\":30}");
+        vm.calls.lock().unwrap().clear();
         for bad in [
             "{\"timeout_s\": -1}",
             "{\"timeout_s\": \"5\"}",
@@ -418,7 +453,7 @@ mod tests {
             let (s, _, _) = call(&vm, "PUT", "/vm/shutdown", bad);
             assert_eq!(s, 400, "{bad}");
         }
-        assert_eq!(vm.calls.lock().unwrap().len(), 2);
+        assert!(vm.calls.lock().unwrap().is_empty());
     }
 
     #[test]
@@ -427,6 +462,8 @@ mod tests {
         let (s, v, _) = call(&vm, "PUT", "/vm/reboot", "");
         assert_eq!((s, v["state"].as_str()), (202, Some("stopping")));
         assert_eq!(*vm.calls.lock().unwrap(), ["reset"]);
+        let (_, _, r) = call(&FakeVm::new(VmState::Paused), "PUT", "/vm/pause", "");
+        assert_eq!(r.body, "{\"state\":\"paused\"}");
     }
 
     #[test]

@@ -13,9 +13,9 @@ use super::{ConfigError, VmConfig};
 
 /// Read a config file: `.toml` is TOML, anything else JSON.
 pub fn load(path: &Path) -> Result<VmConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::FileUnreadable {
         path: path.display().to_string(),
-        reason: format!("{e}; check the path given to --config"),
+        reason: e.to_string(),
     })?;
     let is_toml = path.extension().is_some_and(|e| e == "toml");
     parse(&text, is_toml).map_err(|reason| ConfigError::File {
@@ -158,7 +158,7 @@ mod tests {
             (
                 "[kernel]\npath = \"/k\"\n[machine]\nvcpus = 0\n",
                 true,
-                "between 1 and",
+                "machine.vcpus must be between 1 and",
             ),
             (
                 r#"{"kernel": {"path": "/k"}, "devices": ["gpu"]}"#,

@@ -135,22 +135,27 @@ impl VmConfig {
     }
 }
 
-/// A configuration error: bad usage, reported with exit status 2.
+/// A configuration error: bad usage, reported with exit status 2. The messages name the
+/// setting as the config file spells it (`machine.vcpus`); the CLI words them in its flags.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     #[error(transparent)]
     Unit(#[from] UnitError),
-    #[error("--cpus must be between 1 and {max}, got {got}")]
+    #[error("machine.vcpus must be between 1 and {max}, got {got}")]
     BadVcpus { got: String, max: u8 },
-    #[error("--memory {got} is below the minimum of {min}; ask for at least {min}")]
+    #[error("machine.memory {got} is below the minimum of {min}; ask for at least {min}")]
     MemoryTooSmall { got: String, min: String },
-    #[error("--memory {got} is not a multiple of 4K; round it, e.g. to {suggest}")]
+    #[error("machine.memory {got} is not a multiple of 4K; round it, e.g. to {suggest}")]
     MemoryUnaligned { got: String, suggest: String },
-    #[error("--memory {got} is more than this host's {host} of RAM; ask for less")]
+    #[error("machine.memory {got} is more than this host's {host} of RAM; ask for less")]
     MemoryTooLarge { got: String, host: String },
+    /// The file could not be read (`reason` is the I/O error).
+    #[error("config file {path}: {reason}; check its path")]
+    FileUnreadable { path: String, reason: String },
+    /// The file was read but is not a valid configuration.
     #[error("config file {path}: {reason}")]
     File { path: String, reason: String },
-    #[error("no kernel given; pass --kernel PATH or set kernel.path in the --config file")]
+    #[error("no kernel given; set kernel.path")]
     NoKernel,
 }
 
@@ -225,6 +230,10 @@ mod tests {
         for bad in ["0", "255", "1000", "-1", "two", ""] {
             assert!(parse_vcpus(bad).is_err(), "{bad:?}");
         }
+        assert_eq!(
+            parse_vcpus("0").unwrap_err().to_string(),
+            "machine.vcpus must be between 1 and 254, got 0"
+        );
     }
 
     #[test]
@@ -266,7 +275,7 @@ mod tests {
         let err = m(8 << 30).validate(Some(4 << 30)).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "--memory 8G is more than this host's 4G of RAM; ask for less"
+            "machine.memory 8G is more than this host's 4G of RAM; ask for less"
         );
     }
 

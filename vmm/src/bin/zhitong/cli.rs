@@ -38,21 +38,29 @@ pub enum Command {
     /// Talk to a running VM's API socket ('zhitong run --api-socket PATH'); prints its JSON.
     /// Exit 0 on success, 1 when the server refuses, 2 for bad usage.
     Api(ApiArgs),
-    /// Run a matrix of VMs one after another (a TOML file of [[case]]s); one line per case,
-    /// a log per case, a JUnit report. Exit 0 when every case met its expected status.
+    // The help texts with [[case]] or <name> are attributes, not doc comments: rustdoc would
+    // take them for links and HTML tags.
+    #[command(
+        about = "Run a matrix of VMs one after another (a TOML file of [[case]]s); one line per case, a log per case, a JUnit report. Exit 0 when every case met its expected status"
+    )]
     Test(TestArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct TestArgs {
-    /// The matrix: [[case]] tables, each a VM configuration plus name, expect, timeout.
-    #[arg(value_name = "MATRIX.toml")]
+    #[arg(
+        value_name = "MATRIX.toml",
+        help = "The matrix: [[case]] tables, each a VM configuration plus name, expect, timeout"
+    )]
     pub matrix: PathBuf,
     /// Write a JUnit XML report here.
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
-    /// The directory for each case's console log, <name>.log [default: zhitong-logs].
-    #[arg(long, value_name = "DIR")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        help = "The directory for each case's console log, <name>.log [default: zhitong-logs]"
+    )]
     pub logs: Option<PathBuf>,
     /// Run only the cases whose name contains this text.
     #[arg(long, value_name = "SUBSTR")]
@@ -183,7 +191,7 @@ fn parse_size_arg(s: &str) -> Result<u64, String> {
 }
 
 fn parse_vcpus_arg(s: &str) -> Result<u8, String> {
-    parse_vcpus(s).map_err(|e| e.to_string())
+    parse_vcpus(s).map_err(|e| crate::flag_errors::message(&e.into()))
 }
 
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
@@ -362,8 +370,14 @@ mod tests {
     #[test]
     fn errors_are_one_line_with_the_fix() {
         let cases = [
-            (run_args(&["--cpus", "0"]), "between 1 and 254"),
-            (run_args(&["--cpus", "300"]), "between 1 and 254"),
+            (
+                run_args(&["--cpus", "0"]),
+                "--cpus must be between 1 and 254, got 0",
+            ),
+            (
+                run_args(&["--cpus", "300"]),
+                "--cpus must be between 1 and 254",
+            ),
             (run_args(&["--memory", "lots"]), "512M or 4G"),
             (run_args(&["--frobnicate"]), "--frobnicate"),
             (run_args(&["--device", "gpu0"]), "0000:01:00.0"),
@@ -470,7 +484,7 @@ mod tests {
         let Command::Run(args) = cli.command else {
             panic!()
         };
-        let msg = args.to_config().unwrap_err().to_string();
+        let msg = crate::flag_errors::message(&args.to_config().unwrap_err().into());
         assert!(
             msg.contains("/nonexistent.json") && msg.contains("--config"),
             "{msg}"

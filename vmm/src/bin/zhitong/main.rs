@@ -10,6 +10,7 @@ mod bind;
 mod check;
 mod cli;
 mod devices;
+mod flag_errors;
 mod junit;
 mod logger;
 mod matrix;
@@ -20,11 +21,12 @@ mod test_cmd;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cli::{Command, Parsed, RunArgs};
 use vmm::api::ApiServer;
-use vmm::{Console, Vm, VmConfig, VmExit, VmState};
+use vmm::{Console, Vm, VmConfig, VmExit, VmHandle, VmState};
 
 fn main() {
     let start = Instant::now();
@@ -63,7 +65,7 @@ fn run(args: &RunArgs, start: Instant) -> i32 {
     let config = match args.to_config() {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("zhitong: {e}");
+            eprintln!("zhitong: {}", flag_errors::message(&e.into()));
             return 2;
         }
     };
@@ -103,25 +105,28 @@ fn run(args: &RunArgs, start: Instant) -> i32 {
     let vm = match Vm::new(config, console, start) {
         Ok(vm) => vm,
         Err(e) => {
-            eprintln!("zhitong: {e}");
+            eprintln!("zhitong: {}", flag_errors::message(&e));
             return e.exit_code();
         }
     };
     let timeline = vm.timeline();
-    let stopper = vm.stopper();
-    signals::forward_to(signals, move |name| stopper.stop(name));
 
     let raw_terminal = terminal::RawMode::enter_if_tty();
-    let result = match &api_server {
-        None => vm.run(),
-        Some((server, config)) => run_with_api(vm, server, config),
-    };
+    let result = vm.start().map(Arc::new).and_then(|handle| {
+        // A signal that came before this is still pending (blocked): the signal thread gets it.
+        let for_signals = handle.clone();
+        signals::forward_to(signals, move |signal| for_signals.stop_for_signal(signal));
+        match &api_server {
+            None => handle.wait(),
+            Some((server, config)) => run_with_api(&handle, server, config),
+        }
+    });
     drop(raw_terminal);
 
     let code = match &result {
         Ok(exit) => report_exit(exit),
         Err(e) => {
-            eprintln!("zhitong: {e}");
+            eprintln!("zhitong: {}", flag_errors::message(e));
             e.exit_code()
         }
     };
@@ -134,12 +139,11 @@ fn run(args: &RunArgs, start: Instant) -> i32 {
 
 /// Run the VM while serving the API on a thread of its own; the socket file is removed when
 /// `server` is dropped.
-fn run_with_api(vm: Vm, server: &ApiServer, config: &VmConfig) -> vmm::Result<VmExit> {
-    let handle = vm.start()?;
+fn run_with_api(handle: &VmHandle, server: &ApiServer, config: &VmConfig) -> vmm::Result<VmExit> {
     std::thread::scope(|s| {
         let serving = std::thread::Builder::new()
             .name("api".into())
-            .spawn_scoped(s, || server.serve(&handle, config));
+            .spawn_scoped(s, || server.serve(handle, config));
         if let Err(e) = serving {
             log::warn!(
                 "no API thread ({e}); {} is not served",
@@ -155,33 +159,27 @@ fn run_with_api(vm: Vm, server: &ApiServer, config: &VmConfig) -> vmm::Result<Vm
     handle.wait()
 }
 
+/// The stderr line for an exit that is not a clean end, and the exit status.
 fn report_exit(exit: &VmExit) -> i32 {
     match exit {
-        VmExit::Poweroff | VmExit::Reset => 0,
-        VmExit::GuestStatus(status) => i32::from(*status),
-        VmExit::Timeout(limit) => {
-            eprintln!(
-                "zhitong: the guest was stopped after running for the --timeout of {}; let it power off sooner or raise --timeout",
-                arch::units::format_duration(*limit)
-            );
-            124
+        VmExit::Poweroff | VmExit::Reset | VmExit::GuestStatus(_) => {}
+        VmExit::Timeout(limit) => eprintln!(
+            "zhitong: the guest was stopped after running for the --timeout of {}; let it power off sooner or raise --timeout",
+            arch::units::format_duration(*limit)
+        ),
+        VmExit::Stopped { reason } => eprintln!("zhitong: guest stopped by {reason}"),
+        VmExit::Signal { signal } => {
+            eprintln!("zhitong: guest stopped by {}", signals::name(*signal))
         }
-        VmExit::Stopped { reason } => {
-            eprintln!("zhitong: guest stopped by {reason}");
-            signals::exit_code_for(reason)
-        }
-        VmExit::BootTimeout(limit) => {
-            eprintln!(
-                "zhitong: the guest showed no sign of life within {}s (it never touched its serial port); check that --kernel boots on x86_64, or raise --boot-timeout (0 disables the check)",
-                limit.as_secs()
-            );
-            1
-        }
+        VmExit::BootTimeout(limit) => eprintln!(
+            "zhitong: the guest showed no sign of life within {}s (it never touched its serial port); check that --kernel boots on x86_64, or raise --boot-timeout (0 disables the check)",
+            limit.as_secs()
+        ),
         VmExit::Crashed { vcpu, reason } => {
-            eprintln!("zhitong: guest crashed on vCPU {vcpu}: {reason}");
-            1
+            eprintln!("zhitong: guest crashed on vCPU {vcpu}: {reason}")
         }
     }
+    exit.exit_status()
 }
 
 /// A duplicate of stdin for the console (so the VM never closes fd 0).

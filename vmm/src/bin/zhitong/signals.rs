@@ -25,18 +25,18 @@ pub fn block_stop_signals() -> io::Result<BlockedSignals> {
     }
 }
 
-/// Wait for a stop signal on a thread of its own and call `stop` with its name.
-pub fn forward_to(signals: BlockedSignals, stop: impl Fn(&str) + Send + 'static) {
+/// Wait for a stop signal on a thread of its own and call `stop` with its number.
+pub fn forward_to(signals: BlockedSignals, stop: impl Fn(libc::c_int) + Send + 'static) {
     let set = signals.0;
     let spawned = std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || loop {
             let mut sig: libc::c_int = 0;
             // SAFETY: `set` is a valid signal set and `sig` a valid out pointer.
-            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
-                if let Some((_, name)) = STOP_SIGNALS.iter().find(|(s, _)| *s == sig) {
-                    stop(name);
-                }
+            if unsafe { libc::sigwait(&set, &mut sig) } == 0
+                && STOP_SIGNALS.iter().any(|(s, _)| *s == sig)
+            {
+                stop(sig);
             }
         });
     if let Err(e) = spawned {
@@ -44,13 +44,12 @@ pub fn forward_to(signals: BlockedSignals, stop: impl Fn(&str) + Send + 'static)
     }
 }
 
-/// 128 + the signal number, as shells report a process ended by that signal.
-pub fn exit_code_for(reason: &str) -> i32 {
+/// The signal's name as the stderr lines print it ("SIGTERM").
+pub fn name(signal: libc::c_int) -> String {
     STOP_SIGNALS
         .iter()
-        .find(|(_, name)| *name == reason)
-        .map(|(sig, _)| 128 + sig)
-        .unwrap_or(1)
+        .find(|(s, _)| *s == signal)
+        .map_or_else(|| format!("signal {signal}"), |(_, name)| name.to_string())
 }
 
 #[cfg(test)]
@@ -58,9 +57,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn exit_codes_follow_shell_convention() {
-        assert_eq!(exit_code_for("SIGINT"), 130);
-        assert_eq!(exit_code_for("SIGTERM"), 143);
-        assert_eq!(exit_code_for("api"), 1);
+    fn names() {
+        assert_eq!(name(libc::SIGINT), "SIGINT");
+        assert_eq!(name(libc::SIGTERM), "SIGTERM");
+        assert_eq!(name(libc::SIGUSR1), format!("signal {}", libc::SIGUSR1));
     }
 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use arch::units::format_duration;
-use vmm::{Console, Stopper, Timestamped, Vm, VmExit};
+use vmm::{Console, Timestamped, Vm, VmExit, VmHandle};
 
 use crate::cli::TestArgs;
 use crate::junit::{self, Outcome, TestCase};
@@ -59,14 +59,16 @@ pub fn main(args: &TestArgs) -> i32 {
     }
 
     // The signal thread stops whichever VM runs and no further case starts.
-    let current: Arc<Mutex<Option<Stopper>>> = Arc::new(Mutex::new(None));
+    let current: Arc<Mutex<Option<Arc<VmHandle>>>> = Arc::new(Mutex::new(None));
     let stopped_by = Arc::new(AtomicI32::new(0));
     {
         let (current, stopped_by) = (current.clone(), stopped_by.clone());
-        signals::forward_to(signals, move |name| {
-            stopped_by.store(signals::exit_code_for(name), Ordering::SeqCst);
-            if let Some(s) = current.lock().unwrap().as_ref() {
-                s.stop(name);
+        signals::forward_to(signals, move |signal| {
+            // zhitong test exits as the stopped VM would: 128 + the signal.
+            let status = VmExit::Signal { signal }.exit_status();
+            stopped_by.store(status, Ordering::SeqCst);
+            if let Some(vm) = current.lock().unwrap().as_ref() {
+                vm.stop_for_signal(signal);
             }
         });
     }
@@ -155,7 +157,7 @@ pub fn main(args: &TestArgs) -> i32 {
 
 /// Run one case's VM to its end; its console goes to `logs/<name>.log` (timestamped lines)
 /// and the last lines are kept for the report.
-fn run_case(case: &MatrixCase, logs: &Path, current: &Mutex<Option<Stopper>>) -> TestCase {
+fn run_case(case: &MatrixCase, logs: &Path, current: &Mutex<Option<Arc<VmHandle>>>) -> TestCase {
     let start = Instant::now();
     let tail = Arc::new(Mutex::new(Tail::default()));
     let finish = |outcome| TestCase {
@@ -184,9 +186,12 @@ fn run_case(case: &MatrixCase, logs: &Path, current: &Mutex<Option<Stopper>>) ->
             })
         }
     };
-    *current.lock().unwrap() = Some(vm.stopper());
-    let result = vm.run();
-    *current.lock().unwrap() = None;
+    let result = vm.start().map(Arc::new).and_then(|vm| {
+        *current.lock().unwrap() = Some(vm.clone());
+        let result = vm.wait();
+        *current.lock().unwrap() = None;
+        result
+    });
     let (status, how) = match &result {
         Ok(exit) => describe(exit),
         Err(e) => {
@@ -207,30 +212,20 @@ fn run_case(case: &MatrixCase, logs: &Path, current: &Mutex<Option<Stopper>>) ->
 
 /// The exit status `zhitong run` would give, and what happened in words.
 fn describe(exit: &VmExit) -> (i32, String) {
-    match exit {
-        VmExit::Poweroff => (0, "the guest powered off".into()),
-        VmExit::Reset => (0, "the guest rebooted".into()),
-        VmExit::GuestStatus(s) => (
-            i32::from(*s),
-            format!("the guest wrote {s} to the exit port"),
+    let how = match exit {
+        VmExit::Poweroff => "the guest powered off".into(),
+        VmExit::Reset => "the guest rebooted".into(),
+        VmExit::GuestStatus(s) => format!("the guest wrote {s} to the exit port"),
+        VmExit::Timeout(limit) => format!("stopped by the timeout of {}", format_duration(*limit)),
+        VmExit::BootTimeout(limit) => format!(
+            "no sign of life within the boot timeout of {}",
+            format_duration(*limit)
         ),
-        VmExit::Timeout(limit) => (
-            124,
-            format!("stopped by the timeout of {}", format_duration(*limit)),
-        ),
-        VmExit::BootTimeout(limit) => (
-            1,
-            format!(
-                "no sign of life within the boot timeout of {}",
-                format_duration(*limit)
-            ),
-        ),
-        VmExit::Crashed { vcpu, reason } => (1, format!("crashed on vCPU {vcpu}: {reason}")),
-        VmExit::Stopped { reason } => (
-            signals::exit_code_for(reason),
-            format!("stopped by {reason}"),
-        ),
-    }
+        VmExit::Crashed { vcpu, reason } => format!("crashed on vCPU {vcpu}: {reason}"),
+        VmExit::Stopped { reason } => format!("stopped by {reason}"),
+        VmExit::Signal { signal } => format!("stopped by {}", signals::name(*signal)),
+    };
+    (exit.exit_status(), how)
 }
 
 /// The last lines of a console (at most 64 KiB of them).
@@ -324,13 +319,14 @@ mod tests {
         assert_eq!(describe(&VmExit::GuestStatus(3)).0, 3);
         let (code, how) = describe(&VmExit::Timeout(Duration::from_secs(20)));
         assert_eq!((code, how.as_str()), (124, "stopped by the timeout of 20s"));
-        assert_eq!(
-            describe(&VmExit::Stopped {
-                reason: "SIGTERM".into()
-            })
-            .0,
-            143
-        );
+        let (code, how) = describe(&VmExit::Signal {
+            signal: libc::SIGTERM,
+        });
+        assert_eq!((code, how.as_str()), (143, "stopped by SIGTERM"));
+        let (code, how) = describe(&VmExit::Stopped {
+            reason: "api".into(),
+        });
+        assert_eq!((code, how.as_str()), (1, "stopped by api"));
     }
 
     #[test]
