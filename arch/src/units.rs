@@ -17,10 +17,10 @@ pub enum UnitError {
 pub fn parse_size(text: &str) -> Result<u64, UnitError> {
     let bad = || UnitError::BadSize(text.to_owned());
     let t = text.trim();
-    let t = t
-        .strip_suffix("iB")
-        .or_else(|| t.strip_suffix('B'))
-        .unwrap_or(t);
+    let (t, bytes_suffix) = match t.strip_suffix("iB").or_else(|| t.strip_suffix('B')) {
+        Some(rest) => (rest, true),
+        None => (t, false),
+    };
     let (digits, shift) = match t.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => {
             let shift = match c.to_ascii_uppercase() {
@@ -32,6 +32,9 @@ pub fn parse_size(text: &str) -> Result<u64, UnitError> {
             };
             (&t[..i], shift)
         }
+        // "4096B" is bytes; a plain number is MiB (as QEMU's -m).
+        _ if bytes_suffix && !text.trim().ends_with("iB") => (t, 0),
+        _ if bytes_suffix => return Err(bad()),
         _ => (t, 20),
     };
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -154,5 +157,10 @@ mod tests {
         assert_eq!(format_size(4 << 30), "4G");
         assert_eq!(format_size(1536 << 20), "1536M");
         assert_eq!(format_size(4097), "4097B");
+        for bytes in [4097, 512 << 20, 4 << 30, 12345 << 10] {
+            assert_eq!(parse_size(&format_size(bytes)).unwrap(), bytes);
+        }
+        assert_eq!(parse_size("4096B").unwrap(), 4096);
+        assert!(parse_size("4096iB").is_err());
     }
 }

@@ -1,5 +1,5 @@
 //! One case: a command L1 runs (normally a VMM booting L2), bracketed by
-//! "L1: case <name> begin" and "L1: case <name> rc=<status>".
+//! "L1: case `<name>` begin" and "L1: case `<name>` rc=`<status>`".
 
 use std::time::Duration;
 

@@ -1,5 +1,5 @@
 //! Parsing L0's serial console: L1 and L2 write to the same stream, so cases
-//! are found by their "L1: case <name> begin/rc=" brackets and L2 results by
+//! are found by their "L1: case `<name>` begin/rc=" brackets and L2 results by
 //! their "L2: " markers.
 
 use std::fmt;
@@ -10,7 +10,7 @@ use std::time::Duration;
 #[derive(Clone)]
 pub struct CaseResult {
     pub name: String,
-    /// "L1: case <name> begin" was seen
+    /// "L1: case `<name>` begin" was seen
     pub began: bool,
     /// The exit status L1 printed; None if the case never finished
     pub rc: Option<i32>,
@@ -20,7 +20,7 @@ pub struct CaseResult {
     /// reports, e.g. "stop_ms=120"), except the stderr lines
     pub l1_markers: Vec<String>,
     /// The case command's stderr, line by line (L1 prints it after the
-    /// command ends, each line as "L1: stderr: <line>")
+    /// command ends, each line as "L1: stderr: `<line>`")
     pub stderr: Vec<String>,
     /// The VMM's JSON timings line (starts with `{`, has "vm_created_ms")
     pub timings: Option<String>,
@@ -47,7 +47,7 @@ impl CaseResult {
             .find_map(|m| m.strip_prefix(key)?.strip_prefix('='))
     }
 
-    /// Whether a bare "L2: <word>" marker (e.g. "done") was printed.
+    /// Whether a bare "L2: `<word>`" marker (e.g. "done") was printed.
     pub fn has_marker(&self, word: &str) -> bool {
         self.markers.iter().any(|m| m == word)
     }

@@ -87,7 +87,7 @@ impl Initramfs {
 
     /// Adds the named modules and their dependencies from `kernel`, and
     /// /init lines that insmod them in dependency order (a failure is
-    /// reported as "<who>: insmod <file> failed" and does not stop /init).
+    /// reported as "`<who>`: insmod `<file>` failed" and does not stop /init).
     pub fn modules<S: AsRef<str>>(
         &mut self,
         kernel: &Kernel,

@@ -15,7 +15,7 @@ pub struct Kernel {
     pub vmlinuz: PathBuf,
     /// ELF extracted from the bzImage (L2's fast boots)
     pub vmlinux: PathBuf,
-    /// lib/modules/<version>
+    /// lib/modules/`<version>`
     pub modules: PathBuf,
 }
 

@@ -157,7 +157,7 @@ impl Lab {
         })
     }
 
-    /// Names the output directory target/lab-out/<name>.
+    /// Names the output directory target/lab-out/`<name>`.
     pub fn name(mut self, name: &str) -> Lab {
         self.name = name.into();
         self
@@ -401,7 +401,7 @@ pub struct LabRun {
 }
 
 impl LabRun {
-    /// The screendump `label` that case `case` asked for ("L2: screendump=<label>...").
+    /// The screendump `label` that case `case` asked for ("L2: screendump=`<label>`...").
     pub fn screendump(&self, case: &str, label: &str) -> Result<Ppm> {
         Ppm::load(&ppm::path(&self.out_dir, case, label))
     }

@@ -1,5 +1,5 @@
-//! Screendumps: L2 prints "L2: screendump=<label>[,<L0 display id>]" and the
-//! lab saves what that L0 display shows to <out_dir>/<case>-<label>.ppm
+//! Screendumps: L2 prints "L2: screendump=`<label>`[,\<L0 display id\>]" and the
+//! lab saves what that L0 display shows to `<out_dir>`/`<case>`-`<label>`.ppm
 //! (QEMU's binary PPM, P6), which tests compare pixel by pixel.
 
 use std::path::{Path, PathBuf};
@@ -23,7 +23,7 @@ impl Ppm {
         Ppm::parse(&data).map_err(|e| Error::new(format!("{}: {e}", path.display())))
     }
 
-    /// "P6 <width> <height> <maxval>" (whitespace separated) then width*height RGB triples.
+    /// "P6 `<width>` `<height>` `<maxval>`" (whitespace separated) then width*height RGB triples.
     pub fn parse(data: &[u8]) -> std::result::Result<Ppm, String> {
         let mut fields = Vec::new();
         let mut at = 0;

@@ -79,7 +79,7 @@ pub const IVSHMEM_SIZE: u64 = 16 * GIB;
 /// L0 puts IVSHMEM_VALUE here before the run; L2 reads it.
 pub const IVSHMEM_READ: u64 = 6 * GIB + 0x1000;
 pub const IVSHMEM_VALUE: u64 = 0x4c30_3e4c_3220_6f6b; // "ko 2L>0L"
-/// L2 writes 0x5a54<offset> at each; the test finds them in the file.
+/// L2 writes 0x5a54`<offset>` at each; the test finds them in the file.
 pub const IVSHMEM_WRITES: [u64; 3] = [0x2000, 5 * GIB + 0x3000, IVSHMEM_SIZE - 8];
 /// The NVMe namespace's backing image, and the 4K blocks L0 and L2 write.
 pub const NVME_SIZE: u64 = 64 << 20;
