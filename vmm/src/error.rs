@@ -11,10 +11,10 @@ pub enum Error {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Boot(#[from] BootError),
-    #[error("{}", crate::host::checks::kvm_open_failed(
+    #[error("{}", host::checks::kvm_open_failed(
         std::path::Path::new("/dev/kvm"),
         .0.errno(),
-        crate::host::cpu::Vendor::from_cpuinfo(std::path::Path::new("/proc")),
+        host::cpu::Vendor::from_cpuinfo(std::path::Path::new("/proc")),
     ))]
     KvmOpen(kvm_ioctls::Error),
     #[error("this host's KVM lacks {0}; run on a host kernel that has it")]
@@ -31,7 +31,7 @@ pub enum Error {
     )]
     GuestMemory { size: String, reason: String },
     #[error(transparent)]
-    Preflight(#[from] crate::host::preflight::PreflightError),
+    Preflight(#[from] host::preflight::PreflightError),
     #[error(transparent)]
     BadDevice(#[from] devices::pci::BadBdf),
     #[error("cannot pass through {what}: {reason}")]

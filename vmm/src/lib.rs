@@ -40,7 +40,6 @@ pub mod exit;
 mod exit_stats;
 mod guest_boot;
 mod handle;
-pub mod host;
 mod interrupts;
 mod memory;
 mod passthrough;

@@ -5,15 +5,15 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use host::checks::vfio_group_open_failed;
+use host::preflight::CheckedDevice;
+use host::Sysfs;
 use kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
 use kvm_ioctls::VmFd;
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd, VfioError, VfioOps};
 use vm_memory::GuestMemoryMmap;
 
 use crate::error::{Error, Result};
-use crate::host::checks::vfio_group_open_failed;
-use crate::host::preflight::CheckedDevice;
-use crate::host::Sysfs;
 
 pub struct Passthrough {
     container: Arc<VfioContainer>,

@@ -6,14 +6,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use devices::pci::root::PciRoot;
+use devices::pci::Bdf;
 use devices::vfio::VfioPciDevice;
+use host::preflight::{check_devices, check_guest_fits};
+use host::Sysfs;
 use kvm_ioctls::VmFd;
 use vfio_bindings::bindings::vfio::VFIO_PCI_CONFIG_REGION_INDEX;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::error::{Error, Result};
-use crate::host::preflight::{check_devices, check_guest_fits};
-use crate::host::{Bdf, Sysfs};
 use crate::interrupts::KvmInterruptRouter;
 use crate::passthrough::Passthrough;
 use crate::slots::KvmMemoryMapper;

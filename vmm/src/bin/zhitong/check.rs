@@ -1,8 +1,8 @@
 //! `zhitong check [--device BDF]... [--memory SIZE] [--json]`: exit 0 when ready, 1 when not.
 
-use vmm::host::checks::{check_all, ready};
-use vmm::host::json::{self, JsonObject};
-use vmm::host::{Finding, Host, Status};
+use host::checks::{check_all, ready};
+use host::json::{self, JsonObject};
+use host::{Finding, Host, Status};
 
 use crate::cli::CheckArgs;
 

@@ -5,7 +5,7 @@
 use std::fmt;
 
 use super::json::JsonObject;
-use super::Bdf;
+use devices::pci::Bdf;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Status {

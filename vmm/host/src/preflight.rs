@@ -6,7 +6,9 @@ use std::sync::Mutex;
 use arch::pci_windows::PciWindows;
 
 use super::checks::{self, device_chain, duplicate_device};
-use super::{Bdf, Finding, Host, Status, Sysfs};
+use devices::pci::Bdf;
+
+use super::{Finding, Host, Status, Sysfs};
 
 /// A failed check: its finding prints as "cause; fix".
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

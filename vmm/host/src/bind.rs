@@ -16,7 +16,9 @@ use std::process::Command;
 use super::checks::VIABLE_DRIVERS;
 use super::pci_class::class_name;
 use super::state::{BindRecord, BindState};
-use super::{Bdf, Finding, Host, Sysfs};
+use devices::pci::Bdf;
+
+use super::{Finding, Host, Sysfs};
 
 const VFIO_PCI: &str = "vfio-pci";
 

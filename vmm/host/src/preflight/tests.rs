@@ -1,5 +1,5 @@
 use super::*;
-use crate::host::sysfs::fake::FakeSysfs;
+use crate::sysfs::fake::FakeSysfs;
 
 fn bdf(s: &str) -> Bdf {
     s.parse().unwrap()

@@ -7,7 +7,7 @@ use std::io;
 use std::path::PathBuf;
 
 use super::json::{parse_flat_object, Flat, JsonObject};
-use super::Bdf;
+use devices::pci::Bdf;
 
 /// One device moved to vfio-pci: the driver and driver_override it had before.
 #[derive(Debug, Clone, PartialEq, Eq)]

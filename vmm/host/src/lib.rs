@@ -15,7 +15,6 @@ pub mod sysfs;
 
 use std::path::{Path, PathBuf};
 
-pub use devices::pci::Bdf;
 pub use finding::{Finding, Status};
 pub use sysfs::Sysfs;
 

@@ -5,7 +5,9 @@ use super::checks::VIABLE_DRIVERS;
 use super::json::{self, JsonObject};
 use super::pci_class::{class_name, short_size};
 use super::sysfs::Resource;
-use super::{Bdf, Sysfs};
+use devices::pci::Bdf;
+
+use super::Sysfs;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceInfo {
@@ -238,7 +240,7 @@ pub fn render_json(devices: &[DeviceInfo]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::sysfs::fake::FakeSysfs;
+    use crate::sysfs::fake::FakeSysfs;
 
     #[test]
     fn table_and_json() {
