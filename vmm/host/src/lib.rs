@@ -7,11 +7,12 @@ pub mod checks;
 pub mod cpu;
 pub mod finding;
 pub mod inventory;
-pub mod json;
 pub mod pci_class;
 pub mod preflight;
 pub mod state;
 pub mod sysfs;
+
+mod serde_bdf;
 
 use std::path::{Path, PathBuf};
 
