@@ -45,9 +45,9 @@ pub fn attach(
         return Ok(None);
     }
     let sysfs = Sysfs::default();
-    let checked = check_devices(&sysfs, bdfs)?;
+    let checked = check_devices(&host::Host::from_env(), bdfs)?;
     let ram: u64 = mem.iter().map(|r| r.len()).sum();
-    check_guest_fits(&sysfs, bdfs, ram, root.windows())?;
+    check_guest_fits(&host::Host::from_env(), bdfs, ram, root.windows())?;
     let mut attached = PassedThrough {
         passthrough: Passthrough::new(vm)?,
         devices: Vec::new(),

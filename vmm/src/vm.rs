@@ -64,7 +64,7 @@ impl Vm {
             }
         }
         boot::build_cmdline(&config.kernel.cmdline)?;
-        host::preflight::check_devices(&host::Sysfs::default(), &config.devices)?;
+        host::preflight::check_devices(&host::Host::from_env(), &config.devices)?;
         Ok(Self {
             config,
             console,

@@ -3,7 +3,7 @@
 //! and give them back. Both are idempotent.
 //!
 //! Three steps: [`read_group`] reads the group, [`plan()`] decides (every rule, no I/O),
-//! [`apply`] performs through a [`HostWriter`] so unit tests simulate the kernel on a fake
+//! [`apply()`] performs through a [`HostWriter`] so unit tests simulate the kernel on a fake
 //! tree.
 //!
 //! What is never moved: bridges (VFIO accepts a group whose bridges keep their driver, and a

@@ -54,16 +54,6 @@ impl Host {
         }
     }
 
-    /// The host whose sysfs is `sysfs`: /dev, /proc and /run are its siblings (so
-    /// `/sys` gives the real host).
-    pub fn for_sysfs(sysfs: &Sysfs) -> Self {
-        let root = sysfs.root().parent().unwrap_or(Path::new("/"));
-        Self {
-            sysfs: sysfs.clone(),
-            ..Self::under(root)
-        }
-    }
-
     /// The real host, or the tree named by `ZHITONG_HOST_ROOT`.
     pub fn from_env() -> Self {
         match std::env::var_os(HOST_ROOT_ENV) {

@@ -1,5 +1,6 @@
-//! Reading what [`super::plan`] decides on: the requested device's IOMMU group and, for each
-//! member, its class, drivers, the disks the host uses below it and its bind record.
+//! Reading what [`plan()`](super::plan()) decides on: the requested device's IOMMU group
+//! and, for each member, its class, drivers, the disks the host uses below it and its bind
+//! record.
 
 use std::fs::OpenOptions;
 
