@@ -19,7 +19,7 @@ mod writer;
 use devices::pci::Bdf;
 
 pub use apply::apply;
-pub use plan::{plan, Action, Group, Member, Plan, RecordError, Request, VFIO_PCI};
+pub use plan::{plan, Action, Group, Member, Plan, RecordError, Request};
 pub use read::read_group;
 pub use writer::{HostWriter, RealWriter};
 
