@@ -45,7 +45,7 @@ pub enum Error {
         source: BoxedSource,
     },
     #[error(transparent)]
-    Preflight(#[from] crate::host::preflight::PreflightError),
+    Preflight(#[from] host::preflight::PreflightError),
     #[error(transparent)]
     BadDevice(#[from] devices::pci::BadBdf),
     #[error("cannot pass through {what}: {source}")]

@@ -13,10 +13,10 @@ const KVM_PATH: &str = "/dev/kvm";
 /// Open /dev/kvm and check it can run a VM of `vcpus`.
 pub fn open(vcpus: u8) -> Result<Kvm> {
     let kvm = Kvm::new().map_err(|source| Error::KvmOpen {
-        hint: crate::host::checks::kvm_open_failed(
+        hint: host::checks::kvm_open_failed(
             std::path::Path::new(KVM_PATH),
             source.errno(),
-            crate::host::cpu::Vendor::from_cpuinfo(std::path::Path::new("/proc")),
+            host::cpu::Vendor::from_cpuinfo(std::path::Path::new("/proc")),
         )
         .to_string(),
         source,

@@ -42,7 +42,6 @@ pub mod exit;
 mod exit_stats;
 mod guest_boot;
 mod handle;
-pub mod host;
 mod interrupts;
 mod kvm;
 mod memory;

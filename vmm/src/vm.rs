@@ -11,21 +11,21 @@ use arch::pci_windows::{guest_phys_bits, PciWindows};
 use crate::config::{host_ram_bytes, VmConfig};
 use crate::console::Console;
 use crate::control::{run_until_exit, ControlInputs};
-use crate::device_manager::{DeviceManager, PassthroughDevice, SlotRange};
+use crate::device_manager::{DeviceManager, SlotRange};
 use crate::error::{Error, Result};
 use crate::exit::{ExitChannel, VmExit};
 use crate::handle::{VmHandle, VmShared, VmState};
-use crate::host::preflight::{check_devices, check_guest_fits};
-use crate::host::Host;
 use crate::timeline::{Milestone, Timeline};
 use crate::vcpu::{self, RunGate, RunningVcpus, VcpuShared};
 use crate::{guest_boot, kvm, memory};
+use host::preflight::{check_devices, check_guest_fits, CheckedDevice};
+use host::Host;
 
 /// A configured VM, checked but not yet started.
 pub struct Vm {
     config: VmConfig,
     /// The devices to pass through, as the preflight found them.
-    passthrough: Vec<PassthroughDevice>,
+    passthrough: Vec<CheckedDevice>,
     console: Console,
     exit: Arc<ExitChannel>,
     timeline: Arc<Timeline>,
@@ -111,21 +111,15 @@ impl Vm {
 
 /// The passthrough checks, once per VM: every device is usable and its BARs fit the guest
 /// (windows sized as `zhitong check` sizes them, from the host's physical address bits).
-fn preflight(host: &Host, config: &VmConfig) -> Result<Vec<PassthroughDevice>> {
+fn preflight(host: &Host, config: &VmConfig) -> Result<Vec<CheckedDevice>> {
     if config.devices.is_empty() {
         return Ok(Vec::new());
     }
-    let checked = check_devices(&host.sysfs, &config.devices)?;
+    let checked = check_devices(host, &config.devices)?;
     let memory = config.machine.memory_bytes;
     let windows = PciWindows::for_guest(memory, host.phys_bits);
-    check_guest_fits(&host.sysfs, &config.devices, memory, &windows)?;
-    Ok(checked
-        .into_iter()
-        .map(|checked| PassthroughDevice {
-            sysfs_dir: host.sysfs.device_dir(&checked.bdf),
-            checked,
-        })
-        .collect())
+    check_guest_fits(host, &config.devices, memory, &windows)?;
+    Ok(checked)
 }
 
 /// `VmConfig::timeout`: a thread that ends the VM with `VmExit::Timeout` when it is still
@@ -149,7 +143,7 @@ fn start_run_timer(exit: &Arc<ExitChannel>, limit: std::time::Duration) -> Resul
 /// stop first, then the devices are torn down in order, then guest memory and the VM go.
 fn run_vm(
     config: &VmConfig,
-    passthrough: &[PassthroughDevice],
+    passthrough: &[CheckedDevice],
     console: Console,
     shared: &VmShared,
 ) -> Result<VmExit> {

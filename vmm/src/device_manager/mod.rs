@@ -19,8 +19,10 @@ use devices::Bus;
 use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
 
-pub use passthrough::{PassthroughDevice, SlotRange};
+pub use passthrough::SlotRange;
 pub use platform::PlatformDevices;
+
+use host::preflight::CheckedDevice;
 
 use crate::error::Result;
 use crate::exit::ExitChannel;
@@ -74,7 +76,7 @@ impl DeviceManager {
         &mut self,
         vm: &Arc<VmFd>,
         mem: &GuestMemoryMmap,
-        devices: &[PassthroughDevice],
+        devices: &[CheckedDevice],
         slots: SlotRange,
     ) -> Result<()> {
         if !devices.is_empty() {

@@ -2,7 +2,6 @@
 //! guest RAM DMA-mapped; and released (interrupts off, slots unmapped, reset, DMA unmapped)
 //! when this is dropped, whatever the path.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,17 +14,11 @@ use vm_memory::GuestMemoryMmap;
 use super::pci::place;
 use super::vfio_container::VfioContainerState;
 use crate::error::{Error, PassthroughError, Result};
-use crate::host::preflight::CheckedDevice;
 use crate::interrupts::KvmInterruptRouter;
 use crate::slots::KvmMemoryMapper;
+use host::preflight::CheckedDevice;
 
 const INTERRUPT_PIN: u64 = 0x3d;
-
-/// A device that passed the preflight, with where VFIO finds it.
-pub struct PassthroughDevice {
-    pub checked: CheckedDevice,
-    pub sysfs_dir: PathBuf,
-}
 
 /// KVM memory slots to hand out for device memory.
 pub struct SlotRange {
@@ -47,7 +40,7 @@ pub fn attach(
     vm: &Arc<VmFd>,
     mem: &GuestMemoryMmap,
     root: &PciRoot,
-    devices: &[PassthroughDevice],
+    devices: &[CheckedDevice],
     slots: SlotRange,
 ) -> Result<PassedThrough> {
     let mut attached = PassedThrough {
@@ -61,16 +54,14 @@ pub fn attach(
         slots.first_free,
         slots.max,
     ));
-    let bdfs: Vec<_> = devices.iter().map(|d| d.checked.bdf).collect();
+    let bdfs: Vec<_> = devices.iter().map(|d| d.bdf).collect();
     for (dev, guest) in devices.iter().zip(place(&bdfs)) {
-        let host_bdf = dev.checked.bdf;
+        let host_bdf = dev.bdf;
         let failed = |source: PassthroughError| Error::Vfio {
             what: host_bdf.to_string(),
             source,
         };
-        let vfio = attached
-            .container
-            .open_device(&dev.checked, &dev.sysfs_dir)?;
+        let vfio = attached.container.open_device(dev)?;
         let mut pin = [0u8];
         vfio.region_read(VFIO_PCI_CONFIG_REGION_INDEX, &mut pin, INTERRUPT_PIN);
         let intx_gsi = (1..=4)

@@ -3,7 +3,6 @@
 //! undone when the container goes away.
 
 use std::io;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,8 +12,8 @@ use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd, VfioError, VfioOps};
 use vm_memory::GuestMemoryMmap;
 
 use crate::error::{describe_vfio as describe, Error, PassthroughError, Result};
-use crate::host::checks::vfio_group_open_failed;
-use crate::host::preflight::CheckedDevice;
+use host::checks::vfio_group_open_failed;
+use host::preflight::CheckedDevice;
 
 /// The container and, once mapped, the guest RAM it maps for DMA.
 pub struct VfioContainerState {
@@ -48,9 +47,9 @@ impl VfioContainerState {
 
     /// Open a checked device at its sysfs directory: its group joins the container (the
     /// first group sets the type1 IOMMU) and KVM is told about the group.
-    pub fn open_device(&self, dev: &CheckedDevice, sysfs_dir: &Path) -> Result<VfioDevice> {
+    pub fn open_device(&self, dev: &CheckedDevice) -> Result<VfioDevice> {
         let ops: Arc<dyn VfioOps> = self.container.clone();
-        VfioDevice::new(sysfs_dir, ops, false).map_err(|source| Error::Vfio {
+        VfioDevice::new(&dev.sysfs_dir, ops, false).map_err(|source| Error::Vfio {
             what: format!("{} (IOMMU group {})", dev.bdf, dev.group),
             source: PassthroughError::Open {
                 hint: describe_open(&source, dev),

@@ -1,8 +1,8 @@
 //! `zhitong bind BDF [--force]` and `zhitong unbind BDF`: exit 0 when done (or nothing was to
 //! do), 1 when refused or failed.
 
-use vmm::host::bind::{bind, unbind, BindReport, RealWriter};
-use vmm::host::Host;
+use host::bind::{bind, unbind, BindReport, RealWriter};
+use host::Host;
 
 use crate::cli::{BindArgs, UnbindArgs};
 

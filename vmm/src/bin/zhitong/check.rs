@@ -1,8 +1,8 @@
 //! `zhitong check [--device BDF]... [--memory SIZE] [--json]`: exit 0 when ready, 1 when not.
 
-use vmm::host::checks::{check_all, ready};
-use vmm::host::json::{self, JsonObject};
-use vmm::host::{Finding, Host, Status};
+use host::checks::{check_all, ready};
+use host::finding::Report;
+use host::{Finding, Host, Status};
 
 use crate::cli::CheckArgs;
 
@@ -11,12 +11,11 @@ pub fn main(args: &CheckArgs) -> i32 {
     let findings = check_all(&host, &args.devices, args.memory);
     let ready = ready(&findings);
     if args.json {
-        let mut o = JsonObject::new();
-        o.bool("ready", ready).raw(
-            "findings",
-            json::array(findings.iter().map(Finding::to_json)),
-        );
-        println!("{}", o.finish());
+        let report = Report {
+            ready,
+            findings: &findings,
+        };
+        println!("{}", report.to_json());
     } else {
         print!("{}", render(&findings, ready, args.devices.is_empty()));
     }

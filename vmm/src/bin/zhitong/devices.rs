@@ -1,7 +1,7 @@
 //! `zhitong devices [--json]`.
 
-use vmm::host::inventory::{inventory, render_json, render_table};
-use vmm::host::Host;
+use host::inventory::{inventory, render_json, render_table};
+use host::Host;
 
 use crate::cli::DevicesArgs;
 

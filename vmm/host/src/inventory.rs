@@ -1,11 +1,13 @@
 //! `zhitong devices`: every PCI device with its ids, class, driver, IOMMU group, BARs, and
 //! whether it can be passed through as it is.
 
+use devices::pci::Bdf;
+use serde::Serialize;
+
 use super::checks::VIABLE_DRIVERS;
-use super::json::{self, JsonObject};
 use super::pci_class::{class_name, short_size};
 use super::sysfs::Resource;
-use super::{Bdf, Sysfs};
+use super::Sysfs;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceInfo {
@@ -53,40 +55,70 @@ impl DeviceInfo {
     }
 
     pub fn to_json(&self) -> String {
-        let bars = json::array(self.bars.iter().map(|b| {
-            let mut o = JsonObject::new();
-            o.num("index", b.index)
-                .str(
-                    "kind",
-                    match (b.index, b.io, b.mem64) {
-                        (6, _, _) => "rom",
-                        (_, true, _) => "io",
-                        (_, _, true) => "mem64",
-                        _ => "mem32",
-                    },
-                )
-                .bool("prefetchable", b.prefetchable)
-                .num("size", b.size);
-            o.finish()
-        }));
-        let members = json::array(
-            self.group_members
-                .iter()
-                .map(|m| json::string(&m.to_string())),
-        );
-        let mut o = JsonObject::new();
-        o.str("bdf", &self.bdf.to_string())
-            .opt_str("vendor", self.vendor.map(|v| format!("{v:04x}")).as_deref())
-            .opt_str("device", self.device.map(|v| format!("{v:04x}")).as_deref())
-            .opt_str("class", self.class.map(|c| format!("{c:06x}")).as_deref())
-            .str("class_name", &self.class_name())
-            .opt_str("driver", self.driver.as_deref())
-            .opt_num("iommu_group", self.iommu_group.map(u64::from))
-            .raw("group_members", members)
-            .raw("bars", bars)
-            .bool("ready", self.not_ready.is_none())
-            .opt_str("not_ready", self.not_ready.as_deref());
-        o.finish()
+        serde_json::to_string(&DeviceJson::from(self)).expect("a device is plain data")
+    }
+}
+
+/// One device in `zhitong devices --json`: ids as bare hex ("10de", class "030000"), null
+/// when unreadable; `ready` is `not_ready == null`.
+#[derive(Serialize)]
+struct DeviceJson<'a> {
+    #[serde(with = "crate::serde_bdf")]
+    bdf: Bdf,
+    vendor: Option<String>,
+    device: Option<String>,
+    class: Option<String>,
+    class_name: String,
+    driver: Option<&'a str>,
+    iommu_group: Option<u32>,
+    #[serde(serialize_with = "crate::serde_bdf::list")]
+    group_members: &'a [Bdf],
+    bars: Vec<BarJson>,
+    ready: bool,
+    not_ready: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct BarJson {
+    index: u8,
+    /// "mem32", "mem64", "io" or "rom".
+    kind: &'static str,
+    prefetchable: bool,
+    size: u64,
+}
+
+impl<'a> From<&'a DeviceInfo> for DeviceJson<'a> {
+    fn from(d: &'a DeviceInfo) -> Self {
+        let hex4 = |v: Option<u16>| v.map(|v| format!("{v:04x}"));
+        DeviceJson {
+            bdf: d.bdf,
+            vendor: hex4(d.vendor),
+            device: hex4(d.device),
+            class: d.class.map(|c| format!("{c:06x}")),
+            class_name: d.class_name(),
+            driver: d.driver.as_deref(),
+            iommu_group: d.iommu_group,
+            group_members: &d.group_members,
+            bars: d.bars.iter().map(BarJson::from).collect(),
+            ready: d.not_ready.is_none(),
+            not_ready: d.not_ready.as_deref(),
+        }
+    }
+}
+
+impl From<&Resource> for BarJson {
+    fn from(b: &Resource) -> Self {
+        BarJson {
+            index: b.index,
+            kind: match (b.index, b.io, b.mem64) {
+                (6, _, _) => "rom",
+                (_, true, _) => "io",
+                (_, _, true) => "mem64",
+                _ => "mem32",
+            },
+            prefetchable: b.prefetchable,
+            size: b.size,
+        }
     }
 }
 
@@ -231,14 +263,16 @@ pub fn render_table(devices: &[DeviceInfo]) -> String {
     out
 }
 
+/// `zhitong devices --json`: an array of [`DeviceInfo::to_json`] objects.
 pub fn render_json(devices: &[DeviceInfo]) -> String {
-    json::array(devices.iter().map(DeviceInfo::to_json))
+    let list: Vec<DeviceJson> = devices.iter().map(DeviceJson::from).collect();
+    serde_json::to_string(&list).expect("devices are plain data")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::sysfs::fake::FakeSysfs;
+    use crate::sysfs::fake::FakeSysfs;
 
     #[test]
     fn table_and_json() {
@@ -315,6 +349,52 @@ mod tests {
         std::fs::remove_file(fake.dir.join("sys/bus/pci/devices/0000:01:00.1/driver")).unwrap();
         let gpu = device_info(&fake.sysfs(), "01:00.0".parse().unwrap());
         assert_eq!(gpu.not_ready, None);
+    }
+
+    #[test]
+    fn one_entry_json_is_pinned() {
+        let fake = FakeSysfs::new("inventory-json");
+        fake.device("0000:01:00.0", Some("vfio-pci"), Some(1), 0x80);
+        fake.ids("0000:01:00.0", 0x10de, 0x2684, 0x030000);
+        fake.bars(
+            "0000:01:00.0",
+            &[
+                (0, 16 << 20, false, false, false),
+                (1, 32 << 30, false, true, true),
+                (5, 128, true, false, false),
+                (6, 512 << 10, false, false, false),
+            ],
+        );
+        fake.device("0000:01:00.1", Some("vfio-pci"), Some(1), 0);
+        let gpu = device_info(&fake.sysfs(), "01:00.0".parse().unwrap());
+        assert_eq!(
+            gpu.to_json(),
+            concat!(
+                r#"{"bdf":"0000:01:00.0","vendor":"10de","device":"2684","class":"030000","#,
+                r#""class_name":"GPU","driver":"vfio-pci","iommu_group":1,"#,
+                r#""group_members":["0000:01:00.0","0000:01:00.1"],"bars":["#,
+                r#"{"index":0,"kind":"mem32","prefetchable":false,"size":16777216},"#,
+                r#"{"index":1,"kind":"mem64","prefetchable":true,"size":34359738368},"#,
+                r#"{"index":5,"kind":"io","prefetchable":false,"size":128},"#,
+                r#"{"index":6,"kind":"rom","prefetchable":false,"size":524288}],"#,
+                r#""ready":true,"not_ready":null}"#
+            )
+        );
+        // Nothing readable: nulls, an empty group, no BARs.
+        fake.device("0000:05:00.0", None, None, 0);
+        let bare = device_info(&fake.sysfs(), "05:00.0".parse().unwrap());
+        assert_eq!(
+            bare.to_json(),
+            concat!(
+                r#"{"bdf":"0000:05:00.0","vendor":null,"device":null,"class":null,"#,
+                r#""class_name":"unknown","driver":null,"iommu_group":null,"group_members":[],"#,
+                r#""bars":[],"ready":false,"not_ready":"no IOMMU group: the IOMMU is off"}"#
+            )
+        );
+        assert_eq!(
+            render_json(&[bare.clone(), bare.clone()]),
+            format!("[{},{}]", bare.to_json(), bare.to_json())
+        );
     }
 
     #[test]

@@ -7,15 +7,15 @@ pub mod checks;
 pub mod cpu;
 pub mod finding;
 pub mod inventory;
-pub mod json;
 pub mod pci_class;
 pub mod preflight;
 pub mod state;
 pub mod sysfs;
 
+mod serde_bdf;
+
 use std::path::{Path, PathBuf};
 
-pub use devices::pci::Bdf;
 pub use finding::{Finding, Status};
 pub use sysfs::Sysfs;
 
@@ -51,16 +51,6 @@ impl Host {
             proc: root.join("proc"),
             run: root.join("run"),
             phys_bits: cpu::host_phys_bits(),
-        }
-    }
-
-    /// The host whose sysfs is `sysfs`: /dev, /proc and /run are its siblings (so
-    /// `/sys` gives the real host).
-    pub fn for_sysfs(sysfs: &Sysfs) -> Self {
-        let root = sysfs.root().parent().unwrap_or(Path::new("/"));
-        Self {
-            sysfs: sysfs.clone(),
-            ..Self::under(root)
         }
     }
 

@@ -1,5 +1,5 @@
 use super::*;
-use crate::host::sysfs::fake::FakeSysfs;
+use crate::sysfs::fake::FakeSysfs;
 
 fn bdf(s: &str) -> Bdf {
     s.parse().unwrap()
@@ -13,15 +13,18 @@ fn bound_device_in_a_clean_group_passes() {
     fake.device("0000:01:00.1", Some("vfio-pci"), Some(3), 0);
     fake.device("0000:00:01.0", Some("pcieport"), Some(3), 1); // bridge: fine
     fake.device("0000:01:00.2", None, Some(3), 0); // unbound: fine
-    let got = check_devices(&fake.sysfs(), &[bdf("01:00.0")]).unwrap();
+    let host = fake.host();
+    let got = check_devices(&host, &[bdf("01:00.0")]).unwrap();
     assert_eq!(
         got,
         vec![CheckedDevice {
             bdf: bdf("01:00.0"),
-            group: 3
+            group: 3,
+            sysfs_dir: fake.dir.join("sys/bus/pci/devices/0000:01:00.0"),
         }]
     );
-    assert_eq!(check_devices(&fake.sysfs(), &[]), Ok(Vec::new()));
+    assert_eq!(got[0].sysfs_dir, host.sysfs.device_dir(&got[0].bdf));
+    assert_eq!(check_devices(&host, &[]), Ok(Vec::new()));
 }
 
 #[test]
@@ -33,7 +36,6 @@ fn each_failure_is_the_check_finding() {
     fake.device("0000:03:00.0", Some("vfio-pci"), None, 0);
     fake.device("0000:04:00.0", Some("vfio-pci"), Some(5), 0x80);
     fake.device("0000:04:00.1", Some("snd_hda_intel"), Some(5), 0);
-    let sys = fake.sysfs();
     let host = fake.host();
     for dev in [
         "0000:09:00.0",
@@ -42,14 +44,14 @@ fn each_failure_is_the_check_finding() {
         "0000:03:00.0",
         "0000:04:00.0",
     ] {
-        let err = check_devices(&sys, &[bdf(dev)]).unwrap_err();
+        let err = check_devices(&host, &[bdf(dev)]).unwrap_err();
         // The same finding `zhitong check` reports for the device, word for word.
         let from_check = checks::device_chain(&host, bdf(dev)).pop().unwrap();
         assert_eq!(err.0, from_check, "{dev}");
         let msg = err.to_string();
         assert!(!msg.contains('\n') && msg.contains("; "), "{msg}");
     }
-    let msg = check_devices(&sys, &[bdf("03:00.0"), bdf("0000:03:00.0")])
+    let msg = check_devices(&host, &[bdf("03:00.0"), bdf("0000:03:00.0")])
         .unwrap_err()
         .to_string();
     assert!(msg.contains("twice"), "{msg}");
@@ -60,20 +62,20 @@ fn run_needs_the_backend_and_remapping() {
     let fake = FakeSysfs::new("pre-host");
     fake.ready_host();
     fake.device("0000:01:00.0", Some("vfio-pci"), Some(3), 0);
-    let sys = fake.sysfs();
+    let host = fake.host();
     std::fs::remove_dir_all(fake.dir.join("sys/module/vfio_iommu_type1")).unwrap();
-    let err = check_devices(&sys, &[bdf("01:00.0")]).unwrap_err();
+    let err = check_devices(&host, &[bdf("01:00.0")]).unwrap_err();
     assert_eq!(err.0.check, "vfio-modules");
     assert!(err.to_string().contains("modprobe vfio_iommu_type1"));
     fake.module("vfio_iommu_type1");
     fake.file("proc/interrupts", "  0:   45   IO-APIC   2-edge   timer\n");
-    let err = check_devices(&sys, &[bdf("01:00.0")]).unwrap_err();
+    let err = check_devices(&host, &[bdf("01:00.0")]).unwrap_err();
     assert_eq!(err.0.check, "interrupt-remapping");
     fake.file(
         "sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts",
         "Y\n",
     );
-    assert!(check_devices(&sys, &[bdf("01:00.0")]).is_ok());
+    assert!(check_devices(&host, &[bdf("01:00.0")]).is_ok());
 }
 
 #[test]
@@ -82,15 +84,15 @@ fn guest_must_fit_memlock_and_windows() {
     fake.ready_host();
     fake.device("0000:01:00.0", Some("vfio-pci"), Some(3), 0);
     fake.bars("0000:01:00.0", &[(0, 16 << 30, false, true, true)]);
-    let sys = fake.sysfs();
+    let host = fake.host();
     let devs = [bdf("01:00.0")];
     let wide = arch::pci_windows::PciWindows::for_guest(2 << 30, 46);
-    assert_eq!(check_guest_fits(&sys, &devs, 2 << 30, &wide), Ok(()));
+    assert_eq!(check_guest_fits(&host, &devs, 2 << 30, &wide), Ok(()));
     let narrow = arch::pci_windows::PciWindows::for_guest(2 << 30, 36);
-    let err = check_guest_fits(&sys, &devs, 2 << 30, &narrow).unwrap_err();
+    let err = check_guest_fits(&host, &devs, 2 << 30, &narrow).unwrap_err();
     assert_eq!(err.0.check, "bars");
     fake.file("proc/self/status", "CapEff:\t0000000000000000\n");
-    let err = check_guest_fits(&sys, &devs, 2 << 30, &wide).unwrap_err();
+    let err = check_guest_fits(&host, &devs, 2 << 30, &wide).unwrap_err();
     assert_eq!(err.0.check, "memlock");
     assert!(err.to_string().contains("ulimit -l"), "{err}");
 }

@@ -8,10 +8,11 @@ use arch::pci_windows::PciWindows;
 use devices::pci::allocator::{AllocError, BarAllocator};
 use devices::pci::{Bar, BarKind, ROM_BAR_INDEX};
 
-use crate::host::pci_class::{approx_size, short_size};
-use crate::host::sysfs::Resource;
-use crate::host::{Bdf, Finding, Host, Sysfs};
+use crate::pci_class::{approx_size, short_size};
+use crate::sysfs::Resource;
+use crate::{Finding, Host, Sysfs};
 use arch::units::format_size;
+use devices::pci::Bdf;
 
 use super::iommu_fix;
 

@@ -1,5 +1,5 @@
 use super::*;
-use crate::host::sysfs::fake::{FakeKernel, FakeSysfs};
+use crate::sysfs::fake::{FakeKernel, FakeSysfs};
 
 fn bdf(s: &str) -> Bdf {
     s.parse().unwrap()
@@ -53,7 +53,7 @@ fn bind_moves_the_group_and_unbind_gives_it_back() {
     assert!(record.contains("\"driver\":\"snd_hda_intel\""), "{record}");
 
     // `zhitong check` and `run` now accept the device.
-    let checks = crate::host::checks::device_chain(&host, bdf("01:00.0"));
+    let checks = crate::checks::device_chain(&host, bdf("01:00.0"));
     assert!(checks.iter().all(|f| !f.is_fail()), "{checks:?}");
 
     // Again: nothing to do, and the records still name the host drivers.

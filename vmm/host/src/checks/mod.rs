@@ -13,7 +13,9 @@ pub use host::{
     interrupt_remapping, iommu, iommu_fix, kvm, kvm_open_failed, memlock, vfio_modules,
 };
 
-use super::{Bdf, Finding, Host, Status};
+use devices::pci::Bdf;
+
+use super::{Finding, Host, Status};
 
 /// Everything `zhitong check` looks at: the host, then each device (in the order given),
 /// then whether the devices' BARs fit the guest's windows with `memory` bytes of RAM.

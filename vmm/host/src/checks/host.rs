@@ -4,8 +4,8 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use crate::host::cpu::Vendor;
-use crate::host::{Finding, Host};
+use crate::cpu::Vendor;
+use crate::{Finding, Host};
 use arch::units::format_size;
 
 /// The API version every KVM since Linux 2.6.22 reports.

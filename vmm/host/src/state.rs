@@ -6,51 +6,38 @@ use std::fs;
 use std::io;
 use std::path::PathBuf;
 
-use super::json::{parse_flat_object, Flat, JsonObject};
-use super::Bdf;
+use devices::pci::Bdf;
+use serde::{Deserialize, Serialize};
 
-/// One device moved to vfio-pci: the driver and driver_override it had before.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One device moved to vfio-pci: the driver and driver_override it had before. On disk:
+/// `{"bdf":..,"driver":..,"driver_override":..,"iommu_group":..,"requested":..}` with null
+/// for an absent driver or override.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BindRecord {
+    #[serde(with = "crate::serde_bdf")]
     pub bdf: Bdf,
-    /// The driver it was bound to (None: it had none).
+    /// The driver it was bound to (None: it had none). Required when read, null or not: a
+    /// record without it is damaged, not "no driver".
+    #[serde(deserialize_with = "Option::deserialize")]
     pub driver: Option<String>,
     /// Its driver_override before (None: unset).
+    #[serde(deserialize_with = "Option::deserialize")]
     pub driver_override: Option<String>,
+    #[serde(rename = "iommu_group")]
     pub group: u32,
     /// The device `zhitong bind` was asked for (the whole group moves with it).
+    #[serde(with = "crate::serde_bdf")]
     pub requested: Bdf,
 }
 
 impl BindRecord {
     pub fn to_json(&self) -> String {
-        let mut o = JsonObject::new();
-        o.str("bdf", &self.bdf.to_string())
-            .opt_str("driver", self.driver.as_deref())
-            .opt_str("driver_override", self.driver_override.as_deref())
-            .num("iommu_group", self.group)
-            .str("requested", &self.requested.to_string());
-        o.finish()
+        serde_json::to_string(self).expect("a bind record is plain data")
     }
 
+    /// None when the text is not a record.
     pub fn from_json(text: &str) -> Option<Self> {
-        let map = parse_flat_object(text)?;
-        let opt = |key: &str| match map.get(key)? {
-            Flat::Str(s) => Some(Some(s.clone())),
-            Flat::Null => Some(None),
-            _ => None,
-        };
-        let bdf = |key: &str| map.get(key)?.as_str()?.parse::<Bdf>().ok();
-        Some(Self {
-            bdf: bdf("bdf")?,
-            driver: opt("driver")?,
-            driver_override: opt("driver_override")?,
-            group: match map.get("iommu_group")? {
-                Flat::Num(n) => u32::try_from(*n).ok()?,
-                _ => return None,
-            },
-            requested: bdf("requested")?,
-        })
+        serde_json::from_str(text).ok()
     }
 }
 
@@ -124,5 +111,43 @@ mod tests {
         state.remove(&bdf).unwrap();
         assert_eq!(state.load(&bdf), Ok(None));
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn record_json_is_pinned() {
+        let rec = BindRecord {
+            bdf: "0000:01:00.1".parse().unwrap(),
+            driver: Some("snd \"hda\"\n".into()),
+            driver_override: None,
+            group: 12,
+            requested: "0000:01:00.0".parse().unwrap(),
+        };
+        let text = rec.to_json();
+        assert_eq!(
+            text,
+            r#"{"bdf":"0000:01:00.1","driver":"snd \"hda\"\n","driver_override":null,"iommu_group":12,"requested":"0000:01:00.0"}"#
+        );
+        assert_eq!(BindRecord::from_json(&text), Some(rec.clone()));
+        // Whitespace and key order do not matter when reading.
+        let spaced = r#" { "requested": "01:00.0", "iommu_group": 12, "driver_override": null,
+            "driver": "snd \"hda\"\n", "bdf": "0000:01:00.1" } "#;
+        assert_eq!(BindRecord::from_json(spaced), Some(rec));
+    }
+
+    #[test]
+    fn damaged_records_are_refused() {
+        for bad in [
+            "",
+            "{",
+            "[1]",
+            r#"{"bdf":"0000:01:00.1"}"#,
+            r#"{"bdf":"0000:01:00.1","driver_override":null,"iommu_group":1,"requested":"0000:01:00.0"}"#,
+            r#"{"bdf":"zz","driver":null,"driver_override":null,"iommu_group":1,"requested":"0000:01:00.0"}"#,
+            r#"{"bdf":"0000:01:00.1","driver":3,"driver_override":null,"iommu_group":1,"requested":"0000:01:00.0"}"#,
+            r#"{"bdf":"0000:01:00.1","driver":null,"driver_override":null,"iommu_group":-1,"requested":"0000:01:00.0"}"#,
+            r#"{"bdf":"0000:01:00.1","driver":null,"driver_override":null,"iommu_group":1,"requested":"0000:01:00.0"} x"#,
+        ] {
+            assert_eq!(BindRecord::from_json(bad), None, "{bad}");
+        }
     }
 }

@@ -4,10 +4,12 @@
 
 use std::fmt;
 
-use super::json::JsonObject;
-use super::Bdf;
+use devices::pci::Bdf;
+use serde::Serialize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// In JSON: "ok", "warn", "fail".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Status {
     Ok,
     /// Works, but something deserves attention (or could not be verified).
@@ -26,13 +28,16 @@ impl Status {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// In JSON (`zhitong check --json`) the fields in this order, `device` and `fix` null when
+/// absent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Finding {
     /// Which check: "kvm", "iommu", "vfio-modules", "interrupt-remapping", "memlock",
     /// "device", "driver", "iommu-group", "group-viable", "group-node", "bars".
     pub check: &'static str,
     pub status: Status,
     /// The device the finding is about, for per-device checks.
+    #[serde(serialize_with = "crate::serde_bdf::option")]
     pub device: Option<Bdf>,
     /// What was found: the cause, when it is a problem.
     pub message: String,
@@ -76,13 +81,20 @@ impl Finding {
     }
 
     pub fn to_json(&self) -> String {
-        let mut o = JsonObject::new();
-        o.str("check", self.check)
-            .str("status", self.status.as_str())
-            .opt_str("device", self.device.map(|d| d.to_string()).as_deref())
-            .str("message", &self.message)
-            .opt_str("fix", self.fix.as_deref());
-        o.finish()
+        serde_json::to_string(self).expect("a finding is plain data")
+    }
+}
+
+/// `zhitong check --json`: the verdict, then every finding in order.
+#[derive(Debug, Serialize)]
+pub struct Report<'a> {
+    pub ready: bool,
+    pub findings: &'a [Finding],
+}
+
+impl Report<'_> {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a report is plain data")
     }
 }
 
@@ -114,5 +126,30 @@ mod tests {
             ok.to_json(),
             r#"{"check":"kvm","status":"ok","device":null,"message":"KVM \"works\"","fix":null}"#
         );
+        let warn = Finding::warn("memlock", "line\nbreak\u{1}", "raise it");
+        assert_eq!(
+            warn.to_json(),
+            r#"{"check":"memlock","status":"warn","device":null,"message":"line\nbreak\u0001","fix":"raise it"}"#
+        );
+    }
+
+    #[test]
+    fn check_report_json() {
+        let findings = [
+            Finding::ok("kvm", "/dev/kvm works"),
+            Finding::fail("driver", "bound to nvme", "zhitong bind 0000:02:00.0")
+                .on("02:00.0".parse().unwrap()),
+        ];
+        let report = Report {
+            ready: false,
+            findings: &findings,
+        };
+        assert_eq!(
+            report.to_json(),
+            r#"{"ready":false,"findings":[{"check":"kvm","status":"ok","device":null,"message":"/dev/kvm works","fix":null},{"check":"driver","status":"fail","device":"0000:02:00.0","message":"bound to nvme","fix":"zhitong bind 0000:02:00.0"}]}"#
+        );
+        for s in [Status::Ok, Status::Warn, Status::Fail] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
     }
 }

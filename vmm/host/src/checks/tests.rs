@@ -1,5 +1,5 @@
 use super::*;
-use crate::host::sysfs::fake::FakeSysfs;
+use crate::sysfs::fake::FakeSysfs;
 
 fn bdf(s: &str) -> Bdf {
     s.parse().unwrap()
@@ -96,7 +96,7 @@ fn kvm_missing_or_not_kvm() {
     let f = kvm_open_failed(
         std::path::Path::new("/dev/kvm"),
         libc::EACCES,
-        crate::host::cpu::Vendor::Intel,
+        crate::cpu::Vendor::Intel,
     );
     assert!(f.to_string().contains("no permission"), "{f}");
 }

@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::Bdf;
+use devices::pci::Bdf;
 
 #[derive(Debug, Clone)]
 pub struct Sysfs {
