@@ -3,7 +3,7 @@
 use arch::layout::CMDLINE_MAX_SIZE;
 use linux_loader::cmdline::Cmdline;
 
-use crate::BootError;
+use crate::{BootError, CmdlineError};
 
 /// Parameters every zhitong guest needs, whatever the user passes:
 /// - `i8042.noaux`: the i8042 is emulated for its reset line only, there is no mouse.
@@ -19,13 +19,13 @@ pub const DEFAULTS: [(&str, &str); 2] = [("console=", "console=ttyS0"), ("reboot
 pub fn build_cmdline(user: &str) -> Result<Cmdline, BootError> {
     use linux_loader::cmdline::Error;
     if let Some(c) = user.chars().find(|c| c.is_control()) {
-        return Err(BootError::Cmdline(format!("control character {c:?}")));
+        return Err(BootError::Cmdline(CmdlineError::ControlCharacter(c)));
     }
     let too_long = |e: Error| match e {
         Error::TooLarge | Error::InvalidCapacity => BootError::CmdlineTooLong {
             max: CMDLINE_MAX_SIZE - 1,
         },
-        other => BootError::Cmdline(other.to_string()),
+        other => BootError::Cmdline(other.into()),
     };
     let mut cmdline = if user.trim().is_empty() {
         Cmdline::new(CMDLINE_MAX_SIZE).map_err(too_long)?

@@ -46,7 +46,7 @@ pub fn load_initramfs(
         limit,
     })?;
     mem.read_exact_volatile_from(GuestAddress(placement.addr), &mut file, size as usize)
-        .map_err(|e| BootError::GuestMemory(e.to_string()))?;
+        .map_err(|e| BootError::GuestMemory(e.into()))?;
     Ok(placement)
 }
 

@@ -105,9 +105,9 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
         KernelFormat::BzImage => BzImage::load(mem, None, &mut file, himem),
         KernelFormat::Elf => Elf::load(mem, None, &mut file, himem),
     }
-    .map_err(|e| BootError::KernelLoad {
+    .map_err(|source| BootError::KernelLoad {
         path: path.to_owned(),
-        reason: e.to_string(),
+        source,
     })?;
     let entry = match format {
         KernelFormat::BzImage => result.kernel_load.0 + STARTUP_64_OFFSET,
@@ -137,7 +137,7 @@ mod tests {
         let path = temp_file("text", b"hello world\n");
         let err = check_kernel_file(&path).unwrap_err();
         assert!(matches!(err, BootError::NotAKernel { .. }), "{err}");
-        assert!(err.to_string().contains("--kernel"));
+        assert!(err.to_string().contains("kernel.path"), "{err}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ mod kernel;
 mod params;
 
 pub use cmdline::build_cmdline;
-pub use error::BootError;
+pub use error::{BootError, CmdlineError, GuestWriteError, Setting};
 pub use initramfs::{load_initramfs, InitramfsPlacement};
 pub use kernel::{check_kernel_file, load_kernel, KernelFormat, LoadedKernel};
 pub use params::{write_boot_params, BootParamsInput, DEFAULT_INITRD_ADDR_MAX};

@@ -9,7 +9,7 @@ use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
 use linux_loader::loader::load_cmdline;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
-use crate::{BootError, InitramfsPlacement, LoadedKernel};
+use crate::{BootError, GuestWriteError, InitramfsPlacement, LoadedKernel};
 
 const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
 const KERNEL_HDR_MAGIC: u32 = 0x5372_6448;
@@ -28,12 +28,12 @@ pub struct BootParamsInput<'a> {
 
 /// Build the zero page and write it, and the command line, into guest memory.
 pub fn write_boot_params(mem: &GuestMemoryMmap, input: &BootParamsInput) -> Result<(), BootError> {
-    let mem_err = |e: &dyn std::fmt::Display| BootError::GuestMemory(e.to_string());
-    load_cmdline(mem, GuestAddress(CMDLINE_START), input.cmdline).map_err(|e| mem_err(&e))?;
+    load_cmdline(mem, GuestAddress(CMDLINE_START), input.cmdline)
+        .map_err(|e| BootError::GuestMemory(e.into()))?;
     let cmdline_len = input
         .cmdline
         .as_cstring()
-        .map_err(|e| BootError::Cmdline(e.to_string()))?
+        .map_err(|e| BootError::Cmdline(e.into()))?
         .as_bytes()
         .len();
     let params = build(input, cmdline_len)?;
@@ -41,7 +41,7 @@ pub fn write_boot_params(mem: &GuestMemoryMmap, input: &BootParamsInput) -> Resu
         &BootParams::new::<boot_params>(&params, GuestAddress(ZERO_PAGE_START)),
         mem,
     )
-    .map_err(|e| mem_err(&e))
+    .map_err(|e| BootError::GuestMemory(e.into()))
 }
 
 fn build(input: &BootParamsInput, cmdline_len: usize) -> Result<boot_params, BootError> {
@@ -62,9 +62,8 @@ fn build(input: &BootParamsInput, cmdline_len: usize) -> Result<boot_params, Boo
     }
     params.acpi_rsdp_addr = input.rsdp_addr;
     if input.e820.len() > params.e820_table.len() {
-        return Err(BootError::GuestMemory(format!(
-            "{} e820 entries do not fit the zero page",
-            input.e820.len()
+        return Err(BootError::GuestMemory(GuestWriteError::TooManyE820Entries(
+            input.e820.len(),
         )));
     }
     for (slot, entry) in params.e820_table.iter_mut().zip(input.e820) {

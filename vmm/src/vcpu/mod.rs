@@ -62,7 +62,7 @@ pub fn create_vcpu(
     if id == 0 {
         let mut sregs = vcpu.get_sregs().map_err(Error::kvm("KVM_GET_SREGS"))?;
         arch::regs::setup_sregs(mem, &mut sregs)
-            .map_err(|e| Error::Boot(boot::BootError::GuestMemory(e.to_string())))?;
+            .map_err(|e| Error::Boot(boot::BootError::GuestMemory(e.into())))?;
         vcpu.set_sregs(&sregs)
             .map_err(Error::kvm("KVM_SET_SREGS"))?;
         vcpu.set_regs(&arch::regs::boot_regs(entry))

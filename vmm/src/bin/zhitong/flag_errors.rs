@@ -1,16 +1,28 @@
 //! The library's errors name the setting as a config file spells it (`machine.vcpus`);
 //! `zhitong run` prints them in the words of the flag that sets it (`--cpus`).
 
+use boot::Setting;
 use vmm::config::ConfigError;
 
 /// `e` as zhitong prints it after "zhitong: ".
 pub fn message(e: &vmm::Error) -> String {
     match e {
         vmm::Error::Config(e) => config_message(e),
+        vmm::Error::Boot(e) => e.render(&flag),
         vmm::Error::TooManyVcpus { got, max } => {
             format!("--cpus {got} is more than KVM allows on this host ({max}); ask for fewer")
         }
         e => e.to_string(),
+    }
+}
+
+/// The flag of `zhitong run` that sets `setting`.
+fn flag(setting: Setting) -> &'static str {
+    match setting {
+        Setting::KernelPath => "--kernel",
+        Setting::Initramfs => "--initramfs",
+        Setting::Cmdline => "--cmdline",
+        Setting::Memory => "--memory",
     }
 }
 
@@ -88,6 +100,88 @@ mod tests {
             message(&vmm::Error::TooManyVcpus { got: 200, max: 64 }),
             "--cpus 200 is more than KVM allows on this host (64); ask for fewer"
         );
+    }
+
+    /// The wording `zhitong run` has always printed, byte for byte.
+    #[test]
+    fn boot_errors_are_worded_as_flags() {
+        use boot::{BootError, CmdlineError, GuestWriteError};
+        let not_found = || std::io::Error::from_raw_os_error(2); // ENOENT
+        let cases = [
+            (
+                BootError::KernelUnreadable {
+                    path: "/k".into(),
+                    source: not_found(),
+                },
+                "cannot read kernel /k: No such file or directory (os error 2); check the path given to --kernel",
+            ),
+            (
+                BootError::NotAKernel { path: "/k".into() },
+                "/k is not a Linux kernel (no bzImage header, no ELF magic); pass an x86_64 bzImage (vmlinuz) or ELF vmlinux with --kernel",
+            ),
+            (
+                BootError::KernelTooOld {
+                    path: "/k".into(),
+                    version: 0x204,
+                },
+                "/k is a bzImage too old for the 64-bit boot protocol (version 0x204, need 2.06+); use a newer kernel",
+            ),
+            (
+                BootError::ElfNotX86_64 { path: "/k".into() },
+                "/k is an ELF file but not a 64-bit x86 kernel; pass an x86_64 vmlinux or bzImage with --kernel",
+            ),
+            (
+                BootError::KernelLoad {
+                    path: "/k".into(),
+                    source: linux_loader::loader::Error::MemoryOverflow,
+                },
+                "cannot load kernel /k: Kernel Loader: memory to load kernel image is not enough; check that it is an x86_64 Linux kernel and that --memory is large enough",
+            ),
+            (
+                BootError::InitramfsUnreadable {
+                    path: "/i".into(),
+                    source: not_found(),
+                },
+                "cannot read initramfs /i: No such file or directory (os error 2); check the path given to --initramfs",
+            ),
+            (
+                BootError::InitramfsTooLarge {
+                    path: "/i".into(),
+                    size: 1234,
+                    limit: 0x2000_0000,
+                },
+                "initramfs /i (1234 bytes) does not fit in guest RAM below 0x20000000 after the kernel; give the guest more --memory",
+            ),
+            (
+                BootError::Cmdline(CmdlineError::ControlCharacter('\n')),
+                "kernel command line is invalid: control character '\\n'; remove the offending characters from --cmdline",
+            ),
+            (
+                BootError::Cmdline(linux_loader::cmdline::Error::NullTerminator.into()),
+                "kernel command line is invalid: Null terminator detected in the command line structure.; remove the offending characters from --cmdline",
+            ),
+            (
+                BootError::CmdlineTooLong { max: 2047 },
+                "kernel command line is longer than 2047 bytes; shorten --cmdline",
+            ),
+            (
+                BootError::GuestMemory(
+                    vm_memory::GuestMemoryError::InvalidGuestAddress(vm_memory::GuestAddress(
+                        0x1000,
+                    ))
+                    .into(),
+                ),
+                "cannot write boot data into guest memory: Guest memory error: invalid guest address 4096",
+            ),
+            (
+                BootError::GuestMemory(GuestWriteError::TooManyE820Entries(200)),
+                "cannot write boot data into guest memory: 200 e820 entries do not fit the zero page",
+            ),
+        ];
+        for (e, want) in cases {
+            let e = vmm::Error::Boot(e);
+            assert_eq!(message(&e), want);
+        }
     }
 
     #[test]
