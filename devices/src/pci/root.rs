@@ -63,7 +63,7 @@ struct Function {
 }
 
 pub struct PciRoot {
-    functions: RwLock<BTreeMap<(u8, u8), Arc<Function>>>,
+    functions: RwLock<BTreeMap<Bdf, Arc<Function>>>,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     windows: PciWindows,
@@ -119,7 +119,7 @@ impl PciRoot {
                 .ok_or(PciRootError::NoFreeSlot)?,
         };
         let bdf = Bdf::root_bus(slot, function);
-        if functions.contains_key(&(slot, function)) {
+        if functions.contains_key(&bdf) {
             return Err(PciRootError::Occupied(bdf));
         }
         let func = Arc::new(Function {
@@ -138,7 +138,7 @@ impl PciRoot {
         for (index, addr) in addrs {
             dev.assign_bar(index, addr);
         }
-        functions.insert((slot, function), func.clone());
+        functions.insert(bdf, func.clone());
         drop(functions);
         self.sync_bars(&func, &mut *dev);
         Ok(bdf)
@@ -153,11 +153,11 @@ impl PciRoot {
             .collect()
     }
 
-    /// A config read of `data.len()` bytes at `offset` of bus/device/function; absent
+    /// A config read of `data.len()` bytes at `offset` of function `bdf`; absent
     /// functions, other buses and offsets past 4 KiB read all-ones.
-    pub fn config_read(&self, bus: u8, device: u8, function: u8, offset: u16, data: &mut [u8]) {
+    pub fn config_read(&self, bdf: Bdf, offset: u16, data: &mut [u8]) {
         for (range, off) in chunks(offset, data.len()) {
-            let dword = self.read_dword(bus, device, function, off & !3);
+            let dword = self.read_dword(bdf, off & !3);
             let start = usize::from(off & 3);
             let bytes = dword.to_le_bytes();
             data[range.clone()].copy_from_slice(&bytes[start..start + range.len()]);
@@ -166,8 +166,8 @@ impl PciRoot {
 
     /// A config write of `data` at `offset`; dropped for absent functions. Unaligned
     /// accesses reach the device as naturally aligned pieces.
-    pub fn config_write(&self, bus: u8, device: u8, function: u8, offset: u16, data: &[u8]) {
-        let Some(func) = self.function(bus, device, function) else {
+    pub fn config_write(&self, bdf: Bdf, offset: u16, data: &[u8]) {
+        let Some(func) = self.function(bdf) else {
             return;
         };
         for (range, off) in chunks(offset, data.len()) {
@@ -180,24 +180,21 @@ impl PciRoot {
         }
     }
 
-    fn function(&self, bus: u8, device: u8, function: u8) -> Option<Arc<Function>> {
-        if bus != 0 {
-            return None;
-        }
+    fn function(&self, bdf: Bdf) -> Option<Arc<Function>> {
         let functions = self.functions.read().unwrap_or_else(|e| e.into_inner());
-        functions.get(&(device, function)).cloned()
+        functions.get(&bdf).cloned()
     }
 
-    fn read_dword(&self, bus: u8, device: u8, function: u8, offset: u16) -> u32 {
-        if bus != 0 || offset >= CONFIG_SPACE_SIZE {
+    fn read_dword(&self, bdf: Bdf, offset: u16) -> u32 {
+        if offset >= CONFIG_SPACE_SIZE {
             return u32::MAX;
         }
         let (func, siblings) = {
             let functions = self.functions.read().unwrap_or_else(|e| e.into_inner());
-            let Some(func) = functions.get(&(device, function)).cloned() else {
+            let Some(func) = functions.get(&bdf).cloned() else {
                 return u32::MAX;
             };
-            (func, functions.range(slot_keys(device)).count())
+            (func, functions.range(slot_keys(bdf.device)).count())
         };
         let mut value = lock(&func.device).config_read(offset);
         if offset == HEADER_TYPE & !3 {
@@ -214,8 +211,8 @@ impl PciRoot {
 }
 
 /// The map keys of all functions of device `slot`.
-fn slot_keys(slot: u8) -> std::ops::RangeInclusive<(u8, u8)> {
-    (slot, 0)..=(slot, MAX_FUNCTIONS - 1)
+fn slot_keys(slot: u8) -> std::ops::RangeInclusive<Bdf> {
+    Bdf::root_bus(slot, 0)..=Bdf::root_bus(slot, MAX_FUNCTIONS - 1)
 }
 
 /// Split an access of `len` bytes at `offset` into naturally aligned pieces of 4, 2 or 1

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::PciRoot;
+use crate::pci::Bdf;
 use crate::BusDevice;
 
 /// Ports covered by [`PciConfigIo`]: CONFIG_ADDRESS (0xcf8-0xcfb) and CONFIG_DATA
@@ -24,20 +25,21 @@ impl PciConfigIo {
         Self { root, address: 0 }
     }
 
-    /// (bus, device, function, offset) that CONFIG_DATA + `byte` reaches, if enabled.
-    fn target(&self, byte: u64, len: usize) -> Option<(u8, u8, u8, u16)> {
+    /// The function and offset that CONFIG_DATA + `byte` reaches, if enabled.
+    fn target(&self, byte: u64, len: usize) -> Option<(Bdf, u16)> {
         let a = self.address;
         // An access must stay inside the data dword (a word at 0xcff would not).
         if a & ENABLE == 0 || byte as usize + len > 4 {
             return None;
         }
         let offset = (a & 0xfc) as u16 + byte as u16;
-        Some((
-            (a >> 16) as u8,
-            ((a >> 11) & 0x1f) as u8,
-            ((a >> 8) & 7) as u8,
-            offset,
-        ))
+        let bdf = Bdf {
+            domain: 0,
+            bus: (a >> 16) as u8,
+            device: ((a >> 11) & 0x1f) as u8,
+            function: ((a >> 8) & 7) as u8,
+        };
+        Some((bdf, offset))
     }
 }
 
@@ -45,7 +47,7 @@ impl BusDevice for PciConfigIo {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= DATA {
             match self.target(offset - DATA, data.len()) {
-                Some((b, d, f, reg)) => self.root.config_read(b, d, f, reg, data),
+                Some((bdf, reg)) => self.root.config_read(bdf, reg, data),
                 None => data.fill(0xff),
             }
         } else if offset == 0 && data.len() == 4 {
@@ -58,8 +60,8 @@ impl BusDevice for PciConfigIo {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if offset >= DATA {
-            if let Some((b, d, f, reg)) = self.target(offset - DATA, data.len()) {
-                self.root.config_write(b, d, f, reg, data);
+            if let Some((bdf, reg)) = self.target(offset - DATA, data.len()) {
+                self.root.config_write(bdf, reg, data);
             }
         } else if let (0, Ok(dword)) = (offset, <[u8; 4]>::try_from(data)) {
             self.address = u32::from_le_bytes(dword) & ADDRESS_MASK;
@@ -80,27 +82,32 @@ impl PciEcam {
 
     /// offset = bus << 20 | device << 15 | function << 12 | register. Accesses crossing
     /// into the next function are refused.
-    fn target(offset: u64, len: usize) -> Option<(u8, u8, u8, u16)> {
+    fn target(offset: u64, len: usize) -> Option<(Bdf, u16)> {
         let reg = (offset & 0xfff) as u16;
         if offset >> 20 > 0xff || usize::from(reg) + len > 0x1000 {
             return None;
         }
-        let (bus, device, function) = (offset >> 20, (offset >> 15) & 0x1f, (offset >> 12) & 7);
-        Some((bus as u8, device as u8, function as u8, reg))
+        let bdf = Bdf {
+            domain: 0,
+            bus: (offset >> 20) as u8,
+            device: ((offset >> 15) & 0x1f) as u8,
+            function: ((offset >> 12) & 7) as u8,
+        };
+        Some((bdf, reg))
     }
 }
 
 impl BusDevice for PciEcam {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         match Self::target(offset, data.len()) {
-            Some((b, d, f, reg)) => self.root.config_read(b, d, f, reg, data),
+            Some((bdf, reg)) => self.root.config_read(bdf, reg, data),
             None => data.fill(0xff),
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if let Some((b, d, f, reg)) = Self::target(offset, data.len()) {
-            self.root.config_write(b, d, f, reg, data);
+        if let Some((bdf, reg)) = Self::target(offset, data.len()) {
+            self.root.config_write(bdf, reg, data);
         }
     }
 }
