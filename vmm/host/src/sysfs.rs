@@ -186,27 +186,12 @@ impl Sysfs {
 
     /// What sits on top of a block device (device-mapper, md RAID, bcache...).
     pub fn block_holders(&self, name: &str) -> Vec<String> {
-        let dir = self.root.join("class/block").join(name).join("holders");
-        let mut names: Vec<String> = fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-            .collect();
-        names.sort();
-        names
+        sorted_entries(&self.root.join("class/block").join(name).join("holders"))
     }
 
     /// The IOMMUs the kernel registered (/sys/class/iommu): dmar0, ivhd0, ...
     pub fn iommus(&self) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(self.root.join("class/iommu"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-            .collect();
-        names.sort();
-        names
+        sorted_entries(&self.root.join("class/iommu"))
     }
 }
 
@@ -247,7 +232,7 @@ pub fn resource_flags(io: bool, mem64: bool, prefetchable: bool) -> u64 {
     flags
 }
 
-/// The entries of `dir` whose names parse as `T` (BDFs, group numbers), sorted; empty when
+/// The entries of `dir` whose names parse as `T` (BDFs, group numbers, names), sorted; empty when
 /// the directory is missing.
 fn sorted_entries<T: std::str::FromStr + Ord>(dir: &Path) -> Vec<T> {
     let mut items: Vec<T> = fs::read_dir(dir)
