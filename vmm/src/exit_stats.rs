@@ -20,6 +20,11 @@ impl ExitStats {
         self.total += 1;
     }
 
+    /// Exits recorded so far.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
     pub fn log(&self, vcpu: u8) {
         if !log::log_enabled!(log::Level::Debug) {
             return;

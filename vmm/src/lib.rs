@@ -40,6 +40,7 @@ mod device_manager;
 pub mod error;
 pub mod exit;
 mod exit_stats;
+pub mod faults;
 mod guest_boot;
 mod handle;
 mod interrupts;

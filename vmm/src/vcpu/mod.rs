@@ -141,6 +141,7 @@ fn run_exits(
         if !s.gate.pass() {
             return Ok(());
         }
+        crate::faults::at_vcpu_exit(id, stats.total());
         if id == 0 {
             s.timeline.mark(Milestone::FirstVcpuEntry);
         }

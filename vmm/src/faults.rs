@@ -1,0 +1,77 @@
+//! Faults a test build can inject (cargo feature `test-faults`), to prove the failure paths
+//! end the VM cleanly: `ZHITONG_TEST_FAULT=KIND:N` makes vCPU 0 misbehave at its Nth exit.
+//! Kinds: `vcpu-panic` (the thread panics), `vcpu-syscall` (it makes a syscall its seccomp
+//! filter forbids). Without the feature every hook is a no-op the compiler removes.
+
+/// Environment variable naming the fault.
+pub const FAULT_ENV: &str = "ZHITONG_TEST_FAULT";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    VcpuPanic { at_exit: u64 },
+    VcpuSyscall { at_exit: u64 },
+}
+
+impl Fault {
+    /// `KIND:N` as in the module documentation; None for anything else.
+    pub fn parse(text: &str) -> Option<Fault> {
+        let (kind, n) = text.split_once(':')?;
+        let at_exit = n.parse().ok()?;
+        match kind {
+            "vcpu-panic" => Some(Fault::VcpuPanic { at_exit }),
+            "vcpu-syscall" => Some(Fault::VcpuSyscall { at_exit }),
+            _ => None,
+        }
+    }
+}
+
+/// The fault this process was asked to inject (read once).
+#[cfg(feature = "test-faults")]
+fn configured() -> Option<Fault> {
+    static FAULT: std::sync::OnceLock<Option<Fault>> = std::sync::OnceLock::new();
+    *FAULT.get_or_init(|| Fault::parse(&std::env::var(FAULT_ENV).ok()?))
+}
+
+/// Called by vCPU `id` after each exit it handled (`count` so far).
+#[cfg(feature = "test-faults")]
+pub fn at_vcpu_exit(id: u8, count: u64) {
+    match configured() {
+        Some(Fault::VcpuPanic { at_exit }) if id == 0 && count == at_exit => {
+            panic!("injected fault: vcpu-panic at exit {count}")
+        }
+        Some(Fault::VcpuSyscall { at_exit }) if id == 0 && count == at_exit => {
+            // A syscall no vCPU thread needs: its filter must stop it.
+            // SAFETY: socket(2) takes no pointers; the fd, if any, is closed at once.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            if fd >= 0 {
+                // SAFETY: closing the fd just made.
+                unsafe { libc::close(fd) };
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(not(feature = "test-faults"))]
+#[inline(always)]
+pub fn at_vcpu_exit(_id: u8, _count: u64) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_specs() {
+        assert_eq!(
+            Fault::parse("vcpu-panic:100"),
+            Some(Fault::VcpuPanic { at_exit: 100 })
+        );
+        assert_eq!(
+            Fault::parse("vcpu-syscall:7"),
+            Some(Fault::VcpuSyscall { at_exit: 7 })
+        );
+        for bad in ["", "vcpu-panic", "vcpu-panic:x", "other:1"] {
+            assert_eq!(Fault::parse(bad), None, "{bad}");
+        }
+    }
+}
