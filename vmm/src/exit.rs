@@ -1,6 +1,8 @@
 //! How a VM ends, and the channel through which vCPUs, devices and the caller say so.
 
 use std::sync::{Condvar, Mutex};
+
+use crate::sync::lock;
 use std::time::Duration;
 
 use vmm_sys_util::eventfd::EventFd;
@@ -27,6 +29,8 @@ pub enum VmExit {
     BootTimeout(Duration),
     /// A vCPU hit a condition the VM cannot continue from (triple fault, KVM error).
     Crashed { vcpu: u8, reason: String },
+    /// A VMM thread panicked (a zhitong bug): the VM was ended and everything released.
+    Panicked { thread: String, message: String },
 }
 
 impl VmExit {
@@ -48,9 +52,21 @@ impl VmExit {
             VmExit::GuestStatus(status) => i32::from(*status),
             VmExit::Timeout(_) => 124,
             VmExit::Signal { signal } => 128 + signal,
-            VmExit::Stopped { .. } | VmExit::BootTimeout(_) | VmExit::Crashed { .. } => 1,
+            VmExit::Stopped { .. }
+            | VmExit::BootTimeout(_)
+            | VmExit::Crashed { .. }
+            | VmExit::Panicked { .. } => 1,
         }
     }
+}
+
+/// What a caught panic said, for a one-line report.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// First writer wins: the reason is kept and the event fd is signalled.
@@ -70,7 +86,7 @@ impl ExitChannel {
     }
 
     pub fn request(&self, exit: VmExit) {
-        let mut reason = self.reason.lock().unwrap();
+        let mut reason = lock(&self.reason);
         if reason.is_none() {
             log::debug!("VM exit requested: {exit:?}");
             *reason = Some(exit);
@@ -81,16 +97,16 @@ impl ExitChannel {
 
     /// Wait up to `timeout` for an exit to be requested; true if one was.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        let reason = self.reason.lock().unwrap();
+        let reason = lock(&self.reason);
         let (reason, _) = self
             .requested
             .wait_timeout_while(reason, timeout, |r| r.is_none())
-            .unwrap();
+            .unwrap_or_else(|e| e.into_inner());
         reason.is_some()
     }
 
     pub fn reason(&self) -> Option<VmExit> {
-        self.reason.lock().unwrap().clone()
+        lock(&self.reason).clone()
     }
 
     pub fn event_fd(&self) -> &EventFd {
@@ -123,6 +139,35 @@ mod tests {
         let t = std::thread::spawn(move || other.request(VmExit::Reset));
         assert!(ch.wait_timeout(Duration::from_secs(5)));
         t.join().unwrap();
+    }
+
+    #[test]
+    fn panics_are_failures_with_their_message() {
+        let caught = std::panic::catch_unwind(|| panic!("boom {}", 7)).unwrap_err();
+        assert_eq!(panic_message(caught.as_ref()), "boom 7");
+        let caught = std::panic::catch_unwind(|| panic!("static")).unwrap_err();
+        assert_eq!(panic_message(caught.as_ref()), "static");
+        let exit = VmExit::Panicked {
+            thread: "vcpu0".into(),
+            message: "boom".into(),
+        };
+        assert_eq!(exit.exit_status(), 1);
+        assert!(!exit.is_clean());
+    }
+
+    #[test]
+    fn a_poisoned_channel_still_works() {
+        let ch = std::sync::Arc::new(ExitChannel::new().unwrap());
+        let other = ch.clone();
+        let _ = std::thread::spawn(move || {
+            let _guard = other.reason.lock().unwrap();
+            panic!("poison it");
+        })
+        .join();
+        assert!(ch.reason.is_poisoned());
+        ch.request(VmExit::Poweroff);
+        assert_eq!(ch.reason(), Some(VmExit::Poweroff));
+        assert!(ch.wait_timeout(Duration::ZERO));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::{Error, Result};
 use crate::exit::{ExitChannel, VmExit};
+use crate::sync::lock;
 use crate::timeline::Timeline;
 use crate::vcpu::VcpuSet;
 
@@ -82,11 +83,11 @@ impl VmShared {
     }
 
     pub fn set_state(&self, state: VmState) {
-        *self.state.lock().unwrap() = state;
+        *lock(&self.state) = state;
     }
 
     pub fn state(&self) -> VmState {
-        let state = *self.state.lock().unwrap();
+        let state = *lock(&self.state);
         self.state_locked(state)
     }
 }
@@ -121,7 +122,7 @@ impl VmHandle {
     /// Park every vCPU (the guest's time stops; devices keep their state). Returns once no
     /// vCPU is in the guest.
     pub fn pause(&self) -> std::result::Result<(), ControlError> {
-        let mut state = self.shared.state.lock().unwrap();
+        let mut state = lock(&self.shared.state);
         let vcpus = match (*state, self.shared.vcpus.get()) {
             (VmState::Running, Some(v)) if self.shared.exit.reason().is_none() => v,
             (VmState::Paused, _) => return Ok(()),
@@ -133,7 +134,7 @@ impl VmHandle {
     }
 
     pub fn resume(&self) -> std::result::Result<(), ControlError> {
-        let mut state = self.shared.state.lock().unwrap();
+        let mut state = lock(&self.shared.state);
         let vcpus = match (*state, self.shared.vcpus.get()) {
             (VmState::Paused, Some(v)) if self.shared.exit.reason().is_none() => v,
             (VmState::Running, _) => return Ok(()),
@@ -196,7 +197,7 @@ impl VmHandle {
     /// gets the outcome; later calls return an error at once.
     pub fn wait(&self) -> Result<VmExit> {
         // Taken out of the lock so a second caller is not blocked behind the join.
-        let thread = self.thread.lock().unwrap().take();
+        let thread = lock(&self.thread).take();
         match thread {
             Some(thread) => thread.join().unwrap_or_else(|_| {
                 Err(Error::Io {
@@ -224,7 +225,12 @@ impl VmShared {
 
 impl Drop for VmHandle {
     fn drop(&mut self) {
-        if self.thread.get_mut().unwrap().is_some() {
+        if self
+            .thread
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
             self.stop("the VM handle was dropped");
             let _ = self.wait();
         }

@@ -47,6 +47,7 @@ mod interrupts;
 mod kvm;
 mod memory;
 mod slots;
+mod sync;
 pub mod timeline;
 mod vcpu;
 mod vm;

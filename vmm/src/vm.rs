@@ -2,6 +2,7 @@
 //! run until the guest or the caller ends it, and tear everything down.
 
 use std::fs::File;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,7 +14,7 @@ use crate::console::Console;
 use crate::control::{run_until_exit, ControlInputs};
 use crate::device_manager::{DeviceManager, SlotRange};
 use crate::error::{Error, Result};
-use crate::exit::{ExitChannel, VmExit};
+use crate::exit::{panic_message, ExitChannel, VmExit};
 use crate::handle::{VmHandle, VmShared, VmState};
 use crate::timeline::{Milestone, Timeline};
 use crate::vcpu::{self, RunGate, RunningVcpus, VcpuShared};
@@ -93,7 +94,17 @@ impl Vm {
         let thread = std::thread::Builder::new()
             .name("vm".into())
             .spawn(move || {
-                let result = run_vm(&config, &passthrough, console, &vm_shared);
+                // A panic unwinds through run_vm, whose locals release everything on the
+                // way out; it is then reported as how the VM ended.
+                let result = catch_unwind(AssertUnwindSafe(|| {
+                    run_vm(&config, &passthrough, console, &vm_shared)
+                }))
+                .unwrap_or_else(|panic| {
+                    Ok(VmExit::Panicked {
+                        thread: "vm".into(),
+                        message: panic_message(panic.as_ref()),
+                    })
+                });
                 vm_shared.timeline.mark(Milestone::Exit);
                 vm_shared.set_state(VmState::Stopped);
                 result

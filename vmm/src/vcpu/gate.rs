@@ -5,6 +5,8 @@
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
+use crate::sync::lock;
+
 #[derive(Default)]
 struct GateState {
     closed: bool,
@@ -23,25 +25,25 @@ pub struct RunGate {
 impl RunGate {
     /// A vCPU thread starts using the gate.
     pub fn enter(&self) {
-        self.state.lock().unwrap().running += 1;
+        lock(&self.state).running += 1;
         self.changed.notify_all();
     }
 
     /// A vCPU thread is done with the gate (its loop ended).
     pub fn leave(&self) {
-        self.state.lock().unwrap().running -= 1;
+        lock(&self.state).running -= 1;
         self.changed.notify_all();
     }
 
     /// Called by a vCPU thread before each KVM_RUN: parks while the gate is closed.
     /// Returns false when the VM is stopping.
     pub fn pass(&self) -> bool {
-        let mut state = self.state.lock().unwrap();
+        let mut state = lock(&self.state);
         if state.closed && !state.stopping {
             state.parked += 1;
             self.changed.notify_all();
             while state.closed && !state.stopping {
-                state = self.changed.wait(state).unwrap();
+                state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
             }
             state.parked -= 1;
         }
@@ -51,34 +53,34 @@ impl RunGate {
     /// Close the gate and wait until every running vCPU is parked, calling `kick` (which
     /// knocks vCPUs out of KVM_RUN) while waiting.
     pub fn close(&self, mut kick: impl FnMut()) {
-        let mut state = self.state.lock().unwrap();
+        let mut state = lock(&self.state);
         state.closed = true;
         while state.parked < state.running && !state.stopping {
             drop(state);
             kick();
-            state = self.state.lock().unwrap();
+            state = lock(&self.state);
             state = self
                 .changed
                 .wait_timeout(state, Duration::from_millis(1))
-                .unwrap()
+                .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
     }
 
     pub fn open(&self) {
-        self.state.lock().unwrap().closed = false;
+        lock(&self.state).closed = false;
         self.changed.notify_all();
     }
 
     /// Release every parked thread for good: the VM is stopping.
     pub fn stop(&self) {
-        self.state.lock().unwrap().stopping = true;
+        lock(&self.state).stopping = true;
         self.changed.notify_all();
     }
 
     #[cfg(test)]
     pub fn is_stopping(&self) -> bool {
-        self.state.lock().unwrap().stopping
+        lock(&self.state).stopping
     }
 }
 

@@ -4,17 +4,19 @@
 mod gate;
 mod set;
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Once};
 use std::time::Instant;
 
-use kvm_bindings::{CpuId, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use devices::Bus;
+use kvm_bindings::{kvm_run, CpuId, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::device_manager::Buses;
 use crate::error::{Error, Result};
-use crate::exit::{ExitChannel, VmExit};
+use crate::exit::{panic_message, ExitChannel, VmExit};
 use crate::exit_stats::ExitStats;
 use crate::timeline::{Milestone, Timeline};
 
@@ -111,8 +113,16 @@ fn spawn(mut vcpu: VcpuFd, id: u8, shared: VcpuShared) -> Result<std::thread::Jo
     std::thread::Builder::new()
         .name(format!("vcpu{id}"))
         .spawn(move || {
-            if let Err(exit) = run_loop(&mut vcpu, id, &shared) {
-                shared.exit.request(exit);
+            // A panic (a zhitong bug) ends the VM like any fatal exit: the thread still
+            // leaves the gate, so pauses and the teardown never wait for it.
+            let outcome = catch_unwind(AssertUnwindSafe(|| run_loop(&mut vcpu, id, &shared)));
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(exit)) => shared.exit.request(exit),
+                Err(panic) => shared.exit.request(VmExit::Panicked {
+                    thread: format!("vcpu{id}"),
+                    message: panic_message(panic.as_ref()),
+                }),
             }
             shared.gate.leave();
         })
@@ -120,6 +130,35 @@ fn spawn(mut vcpu: VcpuFd, id: u8, shared: VcpuShared) -> Result<std::thread::Jo
             gate.leave();
             Error::io("a vCPU thread")(e)
         })
+}
+
+/// The size of one access of the port I/O exit in `run` (1, 2 or 4).
+///
+/// # Safety
+/// `run` must point at a live kvm_run whose last exit was KVM_EXIT_IO.
+unsafe fn port_access_size(run: *const kvm_run) -> usize {
+    // SAFETY: the caller's contract; a plain field read of the io member of the exit union.
+    let size = unsafe { std::ptr::addr_of!((*run).__bindgen_anon_1.io.size).read() };
+    usize::from(size).max(1)
+}
+
+/// A port read of `data.len() / size` accesses of `size` bytes (`rep ins` is several): each
+/// goes to the device on its own, as on hardware. False when no device claimed them.
+fn port_in(bus: &Bus, port: u16, data: &mut [u8], size: usize) -> bool {
+    let mut claimed = true;
+    for chunk in data.chunks_mut(size) {
+        claimed &= bus.read(u64::from(port), chunk);
+    }
+    claimed
+}
+
+/// A port write of `data.len() / size` accesses (`rep outs`), each on its own.
+fn port_out(bus: &Bus, port: u16, data: &[u8], size: usize) -> bool {
+    let mut claimed = true;
+    for chunk in data.chunks(size) {
+        claimed &= bus.write(u64::from(port), chunk);
+    }
+    claimed
 }
 
 /// Run until the VM stops; returns the exit this vCPU caused, if any.
@@ -137,6 +176,8 @@ fn run_exits(
     stats: &mut ExitStats,
 ) -> std::result::Result<(), VmExit> {
     let crashed = |reason: String| VmExit::Crashed { vcpu: id, reason };
+    // For the size of one port access: kvm-ioctls hands over size x count bytes.
+    let run: *const kvm_run = vcpu.get_kvm_run();
     loop {
         if !s.gate.pass() {
             return Ok(());
@@ -148,14 +189,18 @@ fn run_exits(
         match vcpu.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
                 let start = Instant::now();
-                if !s.buses.pio.read(u64::from(port), data) {
+                // SAFETY: `run` is this vCPU's kvm_run mapping, alive as long as `vcpu`.
+                let size = unsafe { port_access_size(run) };
+                if !port_in(&s.buses.pio, port, data, size) {
                     log::trace!("vcpu{id}: unclaimed port read {port:#x}");
                 }
                 stats.record("in", u64::from(port), start);
             }
             Ok(VcpuExit::IoOut(port, data)) => {
                 let start = Instant::now();
-                if !s.buses.pio.write(u64::from(port), data) {
+                // SAFETY: as for IoIn.
+                let size = unsafe { port_access_size(run) };
+                if !port_out(&s.buses.pio, port, data, size) {
                     log::trace!("vcpu{id}: unclaimed port write {port:#x} {data:x?}");
                 }
                 stats.record("out", u64::from(port), start);
@@ -202,5 +247,54 @@ fn run_exits(
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
             Err(e) => return Err(crashed(format!("KVM_RUN failed: {e}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use devices::{BusDevice, WeakBusDevice};
+
+    use super::*;
+
+    /// Records each access it gets; reads return a running counter.
+    #[derive(Default)]
+    struct Port {
+        accesses: Vec<(bool, Vec<u8>)>,
+        next: u8,
+    }
+
+    impl BusDevice for Port {
+        fn read(&mut self, _: u64, data: &mut [u8]) {
+            self.next += 1;
+            data.fill(self.next);
+            self.accesses.push((false, data.to_vec()));
+        }
+        fn write(&mut self, _: u64, data: &[u8]) {
+            self.accesses.push((true, data.to_vec()));
+        }
+    }
+
+    #[test]
+    fn string_port_io_is_one_access_per_element() {
+        let bus = Bus::new();
+        let port = Arc::new(Mutex::new(Port::default()));
+        bus.insert(0x60, 1, Arc::downgrade(&port) as WeakBusDevice)
+            .unwrap();
+        // rep outsw of 3 words, then rep insb of 4 bytes.
+        assert!(port_out(&bus, 0x60, &[1, 2, 3, 4, 5, 6], 2));
+        let mut data = [0u8; 4];
+        assert!(port_in(&bus, 0x60, &mut data, 1));
+        assert_eq!(data, [1, 2, 3, 4]);
+        let accesses = port.lock().unwrap().accesses.clone();
+        assert_eq!(accesses.len(), 7);
+        assert_eq!(accesses[0], (true, vec![1, 2]));
+        assert_eq!(accesses[2], (true, vec![5, 6]));
+        assert!(accesses[3..].iter().all(|(w, d)| !w && d.len() == 1));
+        // A single dword stays one access.
+        assert!(port_out(&bus, 0x60, &[9; 4], 4));
+        assert_eq!(port.lock().unwrap().accesses.len(), 8);
+        assert!(!port_out(&bus, 0x70, &[0; 2], 1));
     }
 }

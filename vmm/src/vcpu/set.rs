@@ -9,6 +9,7 @@ use vmm_sys_util::signal::Killable;
 
 use super::{kick_signal, spawn, RunGate, VcpuShared};
 use crate::error::Result;
+use crate::sync::lock;
 
 pub struct VcpuSet {
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -25,7 +26,7 @@ impl VcpuSet {
         });
         for (id, fd) in (0u8..).zip(vcpus) {
             match spawn(fd, id, shared.clone()) {
-                Ok(thread) => set.threads.lock().unwrap().push(thread),
+                Ok(thread) => lock(&set.threads).push(thread),
                 Err(e) => {
                     set.stop();
                     return Err(e);
@@ -37,7 +38,7 @@ impl VcpuSet {
 
     /// Knock every vCPU thread out of KVM_RUN once.
     fn kick(&self) {
-        for thread in self.threads.lock().unwrap().iter() {
+        for thread in lock(&self.threads).iter() {
             if !thread.is_finished() {
                 let _ = thread.kill(kick_signal());
             }
@@ -57,7 +58,7 @@ impl VcpuSet {
     /// lost, so kick until each thread is gone.
     pub fn stop(&self) {
         self.gate.stop();
-        let threads: Vec<_> = self.threads.lock().unwrap().drain(..).collect();
+        let threads: Vec<_> = lock(&self.threads).drain(..).collect();
         for thread in threads {
             while !thread.is_finished() {
                 let _ = thread.kill(kick_signal());

@@ -1,6 +1,8 @@
 //! A minimal `log` backend: warnings and errors on stderr by default, more with
 //! ZHITONG_LOG=info|debug|trace.
 
+use std::io::Write;
+
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
 struct StderrLogger;
@@ -22,7 +24,8 @@ impl Log for StderrLogger {
             Level::Debug => "debug",
             Level::Trace => "trace",
         };
-        eprintln!("zhitong: {level}: {}", record.args());
+        // Never panic on a closed stderr (eprintln! would): logging happens on vCPU threads.
+        let _ = writeln!(std::io::stderr(), "zhitong: {level}: {}", record.args());
     }
     fn flush(&self) {}
 }

@@ -5,6 +5,28 @@
 //! `api` exits 0 when the server answers 2xx, 1 otherwise, 2 for bad usage. `test` exits 0
 //! when every case met its expected status, 1 otherwise, 2 for a bad matrix, 128+N on signal N.
 
+// The std print macros panic when their stream is a closed pipe (`zhitong run ... | head -1`
+// with the reader gone). zhitong must still tear the VM down and exit with its status, so in
+// this binary they write and ignore the error. Defined before the modules: they see these.
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+macro_rules! print {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod api;
 mod bind;
 mod check;
@@ -31,6 +53,17 @@ use vmm::{Console, Vm, VmConfig, VmExit, VmHandle, VmState};
 fn main() {
     let start = Instant::now();
     logger::init();
+    // A panic on a VM thread is reported once, as how the VM ended (VmExit::Panicked); the
+    // default hook's lines would only repeat it. Elsewhere: one line, never a panic in turn.
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        if name == "vm" || name.starts_with("vcpu") {
+            log::debug!("{name}: {info}");
+        } else {
+            eprintln!("zhitong: the {name} thread panicked: {info}");
+        }
+    }));
     let code = match cli::parse(std::env::args_os()) {
         Parsed::Info(text) => {
             print!("{text}");
@@ -178,6 +211,9 @@ fn report_exit(exit: &VmExit) -> i32 {
         VmExit::Crashed { vcpu, reason } => {
             eprintln!("zhitong: guest crashed on vCPU {vcpu}: {reason}")
         }
+        VmExit::Panicked { thread, message } => eprintln!(
+            "zhitong: the {thread} thread panicked: {message}; the VM was stopped and its devices released (a zhitong bug: please report it)"
+        ),
     }
     exit.exit_status()
 }

@@ -224,6 +224,7 @@ fn describe(exit: &VmExit) -> (i32, String) {
         VmExit::Crashed { vcpu, reason } => format!("crashed on vCPU {vcpu}: {reason}"),
         VmExit::Stopped { reason } => format!("stopped by {reason}"),
         VmExit::Signal { signal } => format!("stopped by {}", signals::name(*signal)),
+        VmExit::Panicked { thread, message } => format!("the {thread} thread panicked: {message}"),
     };
     (exit.exit_status(), how)
 }
