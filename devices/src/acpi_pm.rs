@@ -46,7 +46,10 @@ impl BusDevice for AcpiPm {
                 if sleep_type == self.s5_sleep_type {
                     (self.requests)(GuestRequest::Poweroff);
                 } else {
-                    log::warn!("guest asked for unsupported ACPI sleep type {sleep_type}");
+                    crate::limited!(
+                        warn,
+                        "guest asked for unsupported ACPI sleep type {sleep_type}"
+                    );
                 }
             }
             RESET if value == self.reset_value => (self.requests)(GuestRequest::Reset),

@@ -8,6 +8,7 @@ pub mod guest_exit;
 pub mod i8042;
 pub mod marker;
 pub mod pci;
+pub mod ratelimit;
 pub mod serial;
 pub mod services;
 pub mod vfio;

@@ -76,7 +76,7 @@ impl BusDevice for SerialDevice {
         self.signals.touched.store(true, Ordering::Relaxed);
         if let (Ok(offset), Some(&value)) = (u8::try_from(offset), data.first()) {
             if let Err(e) = self.uart.write(offset, value) {
-                log::warn!("serial write failed: {e:?}");
+                crate::limited!(warn, "serial write failed: {e:?}");
             }
         }
     }

@@ -54,5 +54,7 @@ pub trait MemoryMapper: Send + Sync {
         size: u64,
         host_addr: *mut u8,
     ) -> Result<MappingId, ServiceError>;
-    fn unmap(&self, id: MappingId);
+    /// Remove mapping `id`. On an error the mapping may still be live in the guest: the
+    /// caller must keep the host range mapped (and may retry).
+    fn unmap(&self, id: MappingId) -> Result<(), ServiceError>;
 }

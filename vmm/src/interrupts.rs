@@ -126,7 +126,7 @@ impl InterruptRouter for KvmInterruptRouter {
         let mut routes = self.msi.lock().unwrap();
         if routes.routes.remove(&gsi).is_some() {
             if let Err(e) = self.commit(&routes) {
-                log::warn!("releasing GSI {gsi}: {e}");
+                devices::limited!(warn, "releasing GSI {gsi}: {e}");
             }
         }
     }

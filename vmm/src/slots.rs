@@ -67,15 +67,23 @@ impl MemoryMapper for KvmMemoryMapper {
         }
     }
 
-    fn unmap(&self, id: MappingId) {
+    fn unmap(&self, id: MappingId) -> Result<(), ServiceError> {
         let region = kvm_userspace_memory_region {
             slot: id.0,
             ..Default::default()
         };
         // SAFETY: a zero-sized region deletes the slot; no memory is referenced.
         match unsafe { self.vm.set_user_memory_region(region) } {
-            Ok(()) => self.state.lock().unwrap().free.push(id.0),
-            Err(e) => log::warn!("removing KVM slot {}: {e}", id.0),
+            Ok(()) => {
+                self.state
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .free
+                    .push(id.0);
+                Ok(())
+            }
+            // The slot is not handed out again: KVM may still map it.
+            Err(e) => Err(ServiceError(format!("removing KVM slot {}: {e}", id.0))),
         }
     }
 }

@@ -96,6 +96,9 @@ pub struct DirectBars {
     memory: Arc<dyn MemoryMapper>,
     page: u64,
     bars: Vec<BarRegion>,
+    /// Mappings whose slot could not be removed at release: the guest may still reach them,
+    /// so they stay mapped until the device itself goes (after the vCPUs have stopped).
+    stranded: Vec<DirectArea>,
 }
 
 impl DirectBars {
@@ -131,7 +134,8 @@ impl DirectBars {
                         mapping,
                         slot: None,
                     }),
-                    Err(e) => log::warn!(
+                    Err(e) => crate::limited!(
+                        warn,
                         "{name}: BAR {index} {:#x}+{:#x} will trap (slow): {e}",
                         area.offset,
                         area.size
@@ -147,18 +151,22 @@ impl DirectBars {
             memory,
             page,
             bars,
+            stranded: Vec::new(),
         }
     }
 
     /// `bar` decodes at `bar.addr`: put its direct parts into the guest there. A part that
     /// cannot become a slot (none left, say) traps instead: slower, still correct.
     pub fn map(&mut self, bar: &Bar) {
-        self.unmap(bar.index);
+        if !self.unmap(bar.index) {
+            return; // still live at the old address: mapping it twice would alias it
+        }
         let Some(region) = self.bars.iter_mut().find(|r| r.index == bar.index) else {
             return;
         };
         if !bar.addr.is_multiple_of(self.page) {
-            log::warn!(
+            crate::limited!(
+                warn,
                 "{}: BAR {} at {:#x} is not page-aligned; all of it traps (slow)",
                 self.name,
                 bar.index,
@@ -173,7 +181,7 @@ impl DirectBars {
             // before any mapping is dropped (in `release`, before `bars` goes).
             match unsafe { self.memory.map(gpa, len, area.mapping.as_ptr()) } {
                 Ok(id) => area.slot = Some(id),
-                Err(e) => log::warn!(
+                Err(e) => crate::limited!(warn,
                     "{}: BAR {}: no direct mapping of {len:#x} bytes at guest {gpa:#x}, it traps (slow): {e}",
                     self.name,
                     bar.index,
@@ -182,24 +190,36 @@ impl DirectBars {
         }
     }
 
-    /// Remove BAR `index`'s slots (the guest then traps on all of it).
-    pub fn unmap(&mut self, index: u8) {
-        let memory = &self.memory;
+    /// Remove BAR `index`'s slots (the guest then traps on all of it). A slot whose removal
+    /// fails is kept, with its mapping, and retried next time; returns false if any is left.
+    pub fn unmap(&mut self, index: u8) -> bool {
+        let (memory, name) = (&self.memory, &self.name);
+        let mut all_gone = true;
         for region in self.bars.iter_mut().filter(|r| r.index == index) {
             for area in &mut region.areas {
-                if let Some(id) = area.slot.take() {
-                    memory.unmap(id);
+                if let Some(id) = area.slot {
+                    match memory.unmap(id) {
+                        Ok(()) => area.slot = None,
+                        Err(e) => {
+                            all_gone = false;
+                            crate::limited!(warn, "{name}: BAR {index}: {e}; its mapping is kept");
+                        }
+                    }
                 }
             }
         }
+        all_gone
     }
 
-    /// Remove every slot and munmap everything.
+    /// Remove every slot and munmap everything whose slot is gone.
     pub fn release(&mut self) {
         for index in 0..6 {
             self.unmap(index);
         }
-        self.bars.clear();
+        for region in self.bars.drain(..) {
+            let live = region.areas.into_iter().filter(|a| a.slot.is_some());
+            self.stranded.extend(live);
+        }
     }
 
     /// The direct ranges of BAR `index` (offset, size), mapped or not.

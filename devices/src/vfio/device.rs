@@ -244,7 +244,7 @@ impl VfioPciDevice {
         if !msi_on && !msix_on {
             if let Some(intx) = self.intx.as_mut() {
                 if let Err(e) = intx.enable(&ctx) {
-                    log::error!("{}: re-enabling INTx failed: {e}", self.name);
+                    crate::limited!(error, "{}: re-enabling INTx failed: {e}", self.name);
                 }
             }
         }
@@ -404,7 +404,7 @@ impl PciDevice for VfioPciDevice {
     }
 
     fn bar_unmapped(&mut self, bar: &Bar) {
-        self.direct.unmap(bar.index);
+        let _ = self.direct.unmap(bar.index);
     }
 
     fn bar_read(&mut self, index: u8, offset: u64, data: &mut [u8]) {
@@ -444,7 +444,8 @@ impl PciDevice for VfioPciDevice {
 
     fn assign_bar(&mut self, index: u8, addr: u64) {
         if !self.shadows.assign(index, addr) {
-            log::warn!(
+            crate::limited!(
+                warn,
                 "{}: cannot assign {addr:#x} to BAR {index} (no such BAR, or misaligned)",
                 self.name
             );

@@ -54,7 +54,7 @@ impl Intx {
             });
         if let Err(e) = vfio {
             if let Err(e) = ctx.router.unregister_irqfd(&self.trigger, self.gsi) {
-                log::warn!("{}: INTx: unregistering irqfd: {e}", ctx.name);
+                crate::limited!(warn, "{}: INTx: unregistering irqfd: {e}", ctx.name);
             }
             return Err(e.to_string());
         }
@@ -69,10 +69,11 @@ impl Intx {
             return;
         }
         if let Err(e) = ctx.backend.disable_irq(IrqIndex::Intx) {
-            log::warn!("{}: disabling INTx: {e}", ctx.name);
+            crate::limited!(warn, "{}: disabling INTx: {e}", ctx.name);
         }
         if let Err(e) = ctx.router.unregister_irqfd(&self.trigger, self.gsi) {
-            log::warn!(
+            crate::limited!(
+                warn,
                 "{}: INTx: unregistering irqfd of GSI {}: {e}",
                 ctx.name,
                 self.gsi

@@ -96,7 +96,8 @@ impl Drop for DeviceMapping {
         // removed first: see `bars::BarRegion`).
         let ret = unsafe { libc::munmap(self.addr.as_ptr().cast(), self.len) };
         if ret != 0 {
-            log::warn!(
+            crate::limited!(
+                warn,
                 "munmap of a VFIO region mapping ({:#x} bytes) failed: {}",
                 self.len,
                 io::Error::last_os_error()

@@ -425,6 +425,8 @@ pub struct MapperState {
     /// id -> (gpa, size, host address).
     pub slots: BTreeMap<u32, (u64, u64, usize)>,
     pub fail: bool,
+    /// Make `unmap` fail (the slot stays).
+    pub fail_unmap: bool,
 }
 
 #[derive(Default)]
@@ -460,7 +462,12 @@ impl MemoryMapper for MockMapper {
         Ok(MappingId(id))
     }
 
-    fn unmap(&self, id: MappingId) {
-        self.state().slots.remove(&id.0);
+    fn unmap(&self, id: MappingId) -> Result<(), ServiceError> {
+        let mut s = self.state();
+        if s.fail_unmap {
+            return Err(ServiceError("slot removal failed".into()));
+        }
+        s.slots.remove(&id.0);
+        Ok(())
     }
 }

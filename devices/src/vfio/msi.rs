@@ -186,13 +186,14 @@ impl Msi {
             let vectors = match new_vectors(count) {
                 Ok(v) => v,
                 Err(e) => {
-                    log::error!("{}: MSI: cannot create eventfds: {e}", ctx.name);
+                    crate::limited!(error, "{}: MSI: cannot create eventfds: {e}", ctx.name);
                     return;
                 }
             };
             let fds: Vec<_> = vectors.iter().map(IrqVector::eventfd).collect();
             if let Err(e) = ctx.backend.enable_irq(IrqIndex::Msi, &fds) {
-                log::error!(
+                crate::limited!(
+                    error,
                     "{}: enabling MSI ({count} vectors) failed; its interrupts are lost: {e}",
                     ctx.name
                 );
@@ -217,7 +218,7 @@ impl Msi {
     pub fn teardown(&mut self, ctx: &IrqCtx) {
         if let Some(mut vectors) = self.active.take() {
             if let Err(e) = ctx.backend.disable_irq(IrqIndex::Msi) {
-                log::warn!("{}: disabling MSI: {e}", ctx.name);
+                crate::limited!(warn, "{}: disabling MSI: {e}", ctx.name);
             }
             for (i, v) in vectors.iter_mut().enumerate() {
                 v.teardown(ctx.router, &format!("{}: MSI vector {i}", ctx.name));

@@ -175,13 +175,14 @@ impl Msix {
             let vectors = match new_vectors(count) {
                 Ok(v) => v,
                 Err(e) => {
-                    log::error!("{}: MSI-X: cannot create eventfds: {e}", ctx.name);
+                    crate::limited!(error, "{}: MSI-X: cannot create eventfds: {e}", ctx.name);
                     return;
                 }
             };
             let fds: Vec<_> = vectors.iter().map(IrqVector::eventfd).collect();
             if let Err(e) = ctx.backend.enable_irq(IrqIndex::Msix, &fds) {
-                log::error!(
+                crate::limited!(
+                    error,
                     "{}: enabling MSI-X ({count} vectors) failed; its interrupts are lost: {e}",
                     ctx.name
                 );
@@ -208,7 +209,7 @@ impl Msix {
     pub fn teardown(&mut self, ctx: &IrqCtx) {
         if let Some(mut vectors) = self.active.take() {
             if let Err(e) = ctx.backend.disable_irq(IrqIndex::Msix) {
-                log::warn!("{}: disabling MSI-X: {e}", ctx.name);
+                crate::limited!(warn, "{}: disabling MSI-X: {e}", ctx.name);
             }
             for (i, v) in vectors.iter_mut().enumerate() {
                 v.teardown(ctx.router, &format!("{}: MSI-X vector {i}", ctx.name));

@@ -48,7 +48,7 @@ impl IrqVector {
                 self.registered = false;
                 if let Some(gsi) = self.gsi {
                     if let Err(e) = router.unregister_irqfd(&self.evt, gsi) {
-                        log::warn!("{what}: unregistering irqfd of GSI {gsi}: {e}");
+                        crate::limited!(warn, "{what}: unregistering irqfd of GSI {gsi}: {e}");
                     }
                 }
             }
@@ -59,7 +59,7 @@ impl IrqVector {
             None => match router.allocate_msi_gsi() {
                 Ok(gsi) => *self.gsi.insert(gsi),
                 Err(e) => {
-                    log::warn!("{what}: no GSI for the vector, it stays silent: {e}");
+                    crate::limited!(warn, "{what}: no GSI for the vector, it stays silent: {e}");
                     return;
                 }
             },
@@ -67,7 +67,7 @@ impl IrqVector {
         if self.routed != Some(msg) {
             self.routed = None;
             if let Err(e) = router.set_msi_route(gsi, msg) {
-                log::warn!("{what}: routing GSI {gsi} to {msg:x?}: {e}");
+                crate::limited!(warn, "{what}: routing GSI {gsi} to {msg:x?}: {e}");
                 return;
             }
             self.routed = Some(msg);
@@ -75,7 +75,7 @@ impl IrqVector {
         if !self.registered {
             match router.register_irqfd(&self.evt, gsi) {
                 Ok(()) => self.registered = true,
-                Err(e) => log::warn!("{what}: registering irqfd for GSI {gsi}: {e}"),
+                Err(e) => crate::limited!(warn, "{what}: registering irqfd for GSI {gsi}: {e}"),
             }
         }
     }

@@ -67,7 +67,7 @@ impl PciRoot {
             .partition(|m| wanted.contains(&m.bar));
         for MappedBar { bar: old, .. } in gone {
             if let Err(e) = self.bus_for(&old).remove(old.addr) {
-                log::warn!("{}: removing BAR {}: {e}", func.bdf, old.index);
+                crate::limited!(warn, "{}: removing BAR {}: {e}", func.bdf, old.index);
             }
             dev.bar_unmapped(&old);
         }
@@ -84,7 +84,7 @@ impl PciRoot {
                 }),
                 Err(why) => {
                     if !state.refused.contains(&bar) {
-                        log::warn!("{} left unmapped: {why}", describe(func, dev, &bar));
+                        crate::limited!(warn, "{} left unmapped: {why}", describe(func, dev, &bar));
                     }
                     refused.push(bar);
                 }

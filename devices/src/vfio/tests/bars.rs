@@ -172,3 +172,39 @@ fn a_failed_mmap_falls_back_to_trapping() {
     r.dev.bar_read(0, 0, &mut b);
     assert_eq!(b, [0; 4], "still reachable, through the region");
 }
+
+/// KVM refusing to remove a slot must not leave the guest mapped onto freed memory: the
+/// mapping stays (and the slot is retried) instead of being munmapped under the guest.
+#[test]
+fn a_slot_that_cannot_be_removed_keeps_its_mapping() {
+    let mut r = rig();
+    r.dev.assign_bar(0, 0xc000_0000);
+    r.write16(0x04, 0x0002);
+    let b0 = bar(&r, 0);
+    r.dev.bar_mapped(&b0).unwrap();
+    assert_eq!(r.mapper.ranges(), vec![(0xc000_0000, 0x4000)]);
+    let (_, _, host) = *r.mapper.state().slots.values().next().unwrap();
+
+    r.mapper.state().fail_unmap = true;
+    r.dev.bar_unmapped(&b0);
+    // Moving the BAR cannot map it a second time while the old slot lives.
+    let moved = Bar {
+        addr: 0xc010_0000,
+        ..b0
+    };
+    r.dev.bar_mapped(&moved).unwrap();
+    assert_eq!(r.mapper.ranges(), vec![(0xc000_0000, 0x4000)]);
+    r.dev.release();
+    assert_eq!(r.mapper.ranges(), vec![(0xc000_0000, 0x4000)]);
+    // The host range behind the live slot is still mapped: reading it does not fault.
+    // SAFETY: the mapping is kept by the device (stranded) while it lives.
+    let _ = unsafe { std::ptr::read_volatile(host as *const u8) };
+
+    // Once removal works again, a released device's slots are gone for good.
+    let mut r = rig();
+    r.dev.assign_bar(0, 0xc000_0000);
+    r.write16(0x04, 0x0002);
+    r.dev.bar_mapped(&bar(&r, 0)).unwrap();
+    r.dev.release();
+    assert_eq!(r.mapper.ranges(), vec![]);
+}
