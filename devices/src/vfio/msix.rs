@@ -166,33 +166,72 @@ impl Msix {
             self.failed = false;
             return;
         }
-        if self.active.is_none() {
+        let needed = self.vectors_needed();
+        let have = self.active.as_ref().map_or(0, Vec::len);
+        if have < needed {
             if self.failed {
                 return;
             }
             self.failed = true;
-            let count = self.entries.len().min(self.vfio_count as usize);
-            let vectors = match new_vectors(count) {
-                Ok(v) => v,
+            match self.grow(ctx, needed) {
+                Ok(vectors) => {
+                    self.failed = false;
+                    self.active = Some(vectors);
+                }
                 Err(e) => {
-                    crate::limited!(error, "{}: MSI-X: cannot create eventfds: {e}", ctx.name);
+                    crate::limited!(
+                        error,
+                        "{}: enabling MSI-X ({needed} vectors) failed; its interrupts are lost: {e}",
+                        ctx.name
+                    );
                     return;
                 }
-            };
-            let fds: Vec<_> = vectors.iter().map(IrqVector::eventfd).collect();
-            if let Err(e) = ctx.backend.enable_irq(IrqIndex::Msix, &fds) {
-                crate::limited!(
-                    error,
-                    "{}: enabling MSI-X ({count} vectors) failed; its interrupts are lost: {e}",
-                    ctx.name
-                );
-                return;
             }
-            self.failed = false;
-            self.active = Some(vectors);
         }
         for i in 0..self.entries.len() {
             self.sync(ctx, i);
+        }
+    }
+
+    /// Host vectors the guest uses: up to its highest unmasked table entry (at least one, as
+    /// VFIO cannot enable MSI-X with none). A guest that unmasks 2 of 2048 entries costs 2
+    /// eventfds and host vectors, not 2048.
+    fn vectors_needed(&self) -> usize {
+        let usable = self.entries.len().min(self.vfio_count as usize);
+        self.entries[..usable]
+            .iter()
+            .rposition(|e| !e.masked)
+            .map_or(1, |i| i + 1)
+            .min(usable)
+    }
+
+    /// (Re-)enable VFIO MSI-X with `needed` vectors, keeping the eventfds (and so the irqfds)
+    /// of those already in use. VFIO cannot grow an enabled set in place on every kernel, so
+    /// a larger set means disable, then enable with all of them.
+    fn grow(&mut self, ctx: &IrqCtx, needed: usize) -> Result<Vec<IrqVector>, String> {
+        let mut vectors = self.active.take().unwrap_or_default();
+        if !vectors.is_empty() {
+            ctx.backend
+                .disable_irq(IrqIndex::Msix)
+                .map_err(|e| e.to_string())?;
+        }
+        let added = new_vectors(needed - vectors.len());
+        let result = added.map_err(|e| format!("cannot create eventfds: {e}"));
+        let enabled = result.and_then(|added| {
+            vectors.extend(added);
+            let fds: Vec<_> = vectors.iter().map(IrqVector::eventfd).collect();
+            ctx.backend
+                .enable_irq(IrqIndex::Msix, &fds)
+                .map_err(|e| e.to_string())
+        });
+        match enabled {
+            Ok(()) => Ok(vectors),
+            Err(e) => {
+                for (i, v) in vectors.iter_mut().enumerate() {
+                    v.teardown(ctx.router, &format!("{}: MSI-X vector {i}", ctx.name));
+                }
+                Err(e)
+            }
         }
     }
 
@@ -301,7 +340,12 @@ impl Msix {
         let entry = Entry::from_bytes(&bytes);
         if entry != self.entries[index] {
             self.entries[index] = entry;
-            self.sync(ctx, index);
+            let have = self.active.as_ref().map_or(0, Vec::len);
+            if self.enabled && !entry.masked && index >= have {
+                self.apply(ctx); // the first use of this entry: VFIO needs more vectors
+            } else {
+                self.sync(ctx, index);
+            }
         }
         true
     }

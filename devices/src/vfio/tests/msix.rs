@@ -96,14 +96,15 @@ fn linux_enables_with_the_function_masked_then_unmasks() {
         Call::Disable(IrqIndex::Intx),
         "INTx goes first"
     );
-    let fds = msix_fds(&r);
-    assert_eq!(fds.len(), MSIX_VECTORS, "the whole table at once");
+    assert_eq!(msix_fds(&r).len(), 1, "no entry in use yet: one vector");
     assert!(r.router.state().routes.is_empty());
     for i in 0..MSIX_VECTORS as u64 {
         program(&mut r, i, true);
     }
     entry_write(&mut r, 0, 12, 0);
     entry_write(&mut r, 5, 12, 0);
+    let fds = msix_fds(&r);
+    assert_eq!(fds.len(), 6, "vectors up to the highest unmasked entry");
     assert!(
         r.router.state().irqfds.is_empty(),
         "the function mask holds everything back"
@@ -268,4 +269,42 @@ fn no_gsi_left_leaves_the_vector_silent_without_panicking() {
     entry_write(&mut r, 0, 12, 1);
     entry_write(&mut r, 0, 12, 0);
     assert_eq!(r.router.state().irqfds.len(), 1, "next unmask retries");
+}
+
+/// A guest that uses 2 of the table's entries gets 2 host vectors (and eventfds), grown
+/// as it unmasks more, never the whole table; the first vectors keep their eventfds.
+#[test]
+fn host_vectors_follow_the_entries_in_use() {
+    let mut r = rig();
+    r.write16(MSIX_CAP + 2, ENABLE);
+    assert_eq!(msix_fds(&r).len(), 1);
+    program(&mut r, 0, false);
+    assert_eq!(msix_fds(&r).len(), 1);
+    let first = msix_fds(&r)[0];
+    program(&mut r, 1, false);
+    let fds = msix_fds(&r);
+    assert_eq!(fds.len(), 2);
+    assert_eq!(fds[0], first, "vector 0 keeps its eventfd (and irqfd)");
+    let enables = |r: &Rig| {
+        r.backend
+            .state()
+            .calls
+            .iter()
+            .filter(|c| {
+                matches!(
+                    c,
+                    Call::Enable {
+                        index: IrqIndex::Msix,
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    let before = enables(&r);
+    // Re-programming or masking entries in use changes no host vectors.
+    program(&mut r, 0, true);
+    program(&mut r, 0, false);
+    assert_eq!(enables(&r), before);
+    assert_eq!(r.router.state().irqfds.len(), 2);
 }
