@@ -4,7 +4,11 @@
 //! native driver, so every case proves it got the device from the one before. Then a strict
 //! matrix (every case expects 0, `--filter exits`) must fail with exit 1, after the timed-out
 //! case released the device. Last, `zhitong run --timeout 15s --console-log` on the hanging
-//! guest exits 124 and leaves a timestamped log. One L0 boot.
+//! guest exits 124 and leaves a timestamped log. Before it, the failure paths with the GPU
+//! (binary built with `test-faults`): a vCPU that panics, a VM that fails right after its
+//! devices are attached; the timed run then proves each released the GPU. After it, a run
+//! whose stdout and stderr are a pipe closed after the first line still ends with the guest's
+//! poweroff. One L0 boot.
 
 use std::sync::OnceLock;
 
@@ -55,11 +59,21 @@ echo "STRICT: rc=$?"
 sed 's/^/STRICT: /' /tmp/summary
 grep -c '<failure' /tmp/strict.xml | sed 's/^/STRICT: failures=/'
 sed 's/^/LOG strict: /' /tmp/strict/exits-3.log
+R="$Z run --kernel /l2/vmlinux --initramfs /l2/img-pass.img --cmdline 'console=ttyS0 quiet panic=-1' --device 0000:00:04.0"
+ZHITONG_TEST_FAULT=vcpu-panic:3000 sh -c "$R" >/dev/null 2>/tmp/panic.err
+echo "PANIC: rc=$?"
+sed 's/^/PANIC: stderr: /' /tmp/panic.err
+ZHITONG_TEST_FAULT=fail-after-devices:0 sh -c "$R" >/dev/null 2>/tmp/half.err
+echo "HALFWAY: rc=$?"
+sed 's/^/HALFWAY: stderr: /' /tmp/half.err
 $Z run --kernel /l2/vmlinux --initramfs /l2/img-hang.img --cmdline 'console=ttyS0 quiet panic=-1' --device 0000:00:04.0 --timeout 15s --console-log /tmp/run.log --console-timestamps >/tmp/run.out 2>/tmp/run.err
 echo "RUN: rc=$?"
 sed 's/^/RUN: stderr: /' /tmp/run.err
 echo "RUN: stdout_ready=$(grep -c 'L2: gpu ready in hangs' /tmp/run.out)"
 sed 's/^/RUN log: /' /tmp/run.log
+( sh -c "$R" 2>&1; echo "rc=$?" >/tmp/pipe.rc ) | head -1 >/tmp/pipe.head
+echo "PIPE: $(cat /tmp/pipe.rc)"
+sed 's/^/PIPE: head: /' /tmp/pipe.head
 "#;
 
 fn lab() -> &'static LabRun {
@@ -237,5 +251,59 @@ fn run_timeout_exits_124_and_the_console_log_is_timestamped() {
                 && l.ends_with("L2: gpu ready in hangs")
         }),
         "the log file has the console with [   12.345] stamps",
+    );
+}
+
+#[test]
+fn a_panicking_vcpu_ends_the_vm_with_one_line_and_releases_the_gpu() {
+    let c = matrix_case();
+    let out = lines("PANIC: ");
+    eprintln!("{}", out.join("\n"));
+    c.check(out.first().map(String::as_str) == Some("rc=1"), "exit 1");
+    let panics: Vec<_> = out.iter().filter(|l| l.contains("panicked")).collect();
+    c.check(
+        panics.len() == 1
+            && panics[0].starts_with(
+                "stderr: zhitong: the vcpu0 thread panicked: injected fault: vcpu-panic at exit 3000;",
+            ),
+        "one stderr line naming the thread and the panic",
+    );
+    // The timed run after it drives the same GPU.
+    c.check(
+        has_line("RUN: ", |l| l == "stdout_ready=1"),
+        "the next VM got the GPU",
+    );
+}
+
+#[test]
+fn a_vm_failing_after_its_devices_releases_them() {
+    let c = matrix_case();
+    let out = lines("HALFWAY: ");
+    eprintln!("{}", out.join("\n"));
+    c.check(out.first().map(String::as_str) == Some("rc=1"), "exit 1");
+    c.check(
+        out.iter().any(|l| {
+            l == "stderr: zhitong: cannot set up the vCPUs: injected fault: fail-after-devices"
+        }),
+        "one stderr line naming the cause",
+    );
+    c.check(
+        has_line("RUN: ", |l| l == "stdout_ready=1"),
+        "the next VM got the GPU",
+    );
+}
+
+#[test]
+fn a_closed_stdout_and_stderr_do_not_stop_the_run() {
+    let c = matrix_case();
+    let out = lines("PIPE: ");
+    eprintln!("{}", out.join("\n"));
+    c.check(
+        out.first().map(String::as_str) == Some("rc=0"),
+        "the guest's poweroff still ends the run with 0",
+    );
+    c.check(
+        out.iter().any(|l| l.starts_with("head: ")),
+        "the first line was read",
     );
 }

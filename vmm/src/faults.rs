@@ -1,7 +1,9 @@
 //! Faults a test build can inject (cargo feature `test-faults`), to prove the failure paths
 //! end the VM cleanly: `ZHITONG_TEST_FAULT=KIND:N` makes vCPU 0 misbehave at its Nth exit.
 //! Kinds: `vcpu-panic` (the thread panics), `vcpu-syscall` (it makes a syscall its seccomp
-//! filter forbids). Without the feature every hook is a no-op the compiler removes.
+//! filter forbids); and `fail-after-devices:0`, where the VM fails to start right after its
+//! devices are attached (as when a vCPU cannot be created). Without the feature every hook
+//! is a no-op the compiler removes.
 
 /// Environment variable naming the fault.
 pub const FAULT_ENV: &str = "ZHITONG_TEST_FAULT";
@@ -10,6 +12,7 @@ pub const FAULT_ENV: &str = "ZHITONG_TEST_FAULT";
 pub enum Fault {
     VcpuPanic { at_exit: u64 },
     VcpuSyscall { at_exit: u64 },
+    FailAfterDevices,
 }
 
 impl Fault {
@@ -20,6 +23,7 @@ impl Fault {
         match kind {
             "vcpu-panic" => Some(Fault::VcpuPanic { at_exit }),
             "vcpu-syscall" => Some(Fault::VcpuSyscall { at_exit }),
+            "fail-after-devices" => Some(Fault::FailAfterDevices),
             _ => None,
         }
     }
@@ -56,6 +60,18 @@ pub fn at_vcpu_exit(id: u8, count: u64) {
 #[inline(always)]
 pub fn at_vcpu_exit(_id: u8, _count: u64) {}
 
+/// Whether the VM must fail right after attaching its devices.
+#[cfg(feature = "test-faults")]
+pub fn fail_after_devices() -> bool {
+    configured() == Some(Fault::FailAfterDevices)
+}
+
+#[cfg(not(feature = "test-faults"))]
+#[inline(always)]
+pub fn fail_after_devices() -> bool {
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,6 +85,10 @@ mod tests {
         assert_eq!(
             Fault::parse("vcpu-syscall:7"),
             Some(Fault::VcpuSyscall { at_exit: 7 })
+        );
+        assert_eq!(
+            Fault::parse("fail-after-devices:0"),
+            Some(Fault::FailAfterDevices)
         );
         for bad in ["", "vcpu-panic", "vcpu-panic:x", "other:1"] {
             assert_eq!(Fault::parse(bad), None, "{bad}");

@@ -184,6 +184,10 @@ fn run_vm(
     if devices.has_passthrough() {
         timeline.mark(Milestone::DevicesReady);
     }
+    if crate::faults::fail_after_devices() {
+        let injected = std::io::Error::other("injected fault: fail-after-devices");
+        return Err(Error::io("the vCPUs")(injected));
+    }
     let control = ControlInputs::new(console.input, devices.platform(), config.boot_timeout)?;
 
     let vcpus = vcpu::create_all(&vm, &cpuid, machine.vcpus, &mem, entry)?;
