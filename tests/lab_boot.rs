@@ -55,6 +55,64 @@ fn tiny_elf(code: &[u8]) -> Vec<u8> {
     elf
 }
 
+/// A guest program that reads one byte of each of `pages` pages of unbacked guest-physical
+/// space from `base` up (each read an MMIO exit the VMM answers with all-ones), mapping 2 MiB
+/// at a time so the guest's own page tables stay small.
+const TOUCH_C: &str = r#"
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+int main(int argc, char **argv) {
+    unsigned long base = strtoul(argv[1], 0, 0), sum = 0;
+    long pages = strtol(argv[2], 0, 0), chunk = 512;
+    int fd = open("/dev/mem", O_RDONLY | O_SYNC);
+    if (fd < 0) { perror("L2: open /dev/mem"); return 1; }
+    for (long done = 0; done < pages; done += chunk) {
+        volatile unsigned char *p = mmap(0, chunk * 4096, PROT_READ, MAP_SHARED, fd, base + done * 4096);
+        if (p == MAP_FAILED) { perror("L2: mmap /dev/mem"); return 1; }
+        for (long i = 0; i < chunk; i++) sum += p[i * 4096];
+        munmap((void *)p, chunk * 4096);
+    }
+    printf("L2: touched=%ld sum=%lu\n", pages, sum);
+    return 0;
+}
+"#;
+
+/// Pages the RSS case touches, and where: 1 GiB into the 64-bit BAR window of a 512M guest
+/// (it starts at 64 GiB), where nothing is mapped.
+const TOUCH_PAGES: u64 = 100_000;
+const TOUCH_BASE: u64 = (64 << 30) + (1 << 30);
+
+/// `TOUCH_C` built static for the guest.
+fn touch_program() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("zhitong-touch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (src, bin) = (dir.join("touch.c"), dir.join("touch"));
+    std::fs::write(&src, TOUCH_C).unwrap();
+    let status = std::process::Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .expect("gcc for the lab's guest helper");
+    assert!(status.success(), "gcc -static touch.c failed");
+    bin
+}
+
+/// L1: run the touching guest, sample zhitong's VmRSS before and after the touches.
+const RSS_SCRIPT: &str = r#"
+/bin/zhitong run --kernel /l2/vmlinux --initramfs /l2/rss-img.img --cmdline 'console=ttyS0 quiet panic=-1' >/tmp/rss.out 2>/tmp/rss.err &
+pid=$!
+wait_for() { while ! grep -q "$1" /tmp/rss.out; do kill -0 $pid 2>/dev/null || return 1; sleep 0.2; done; }
+wait_for 'L2: touch-start' && before=$(awk '/^VmRSS/ {print $2}' /proc/$pid/status)
+wait_for 'L2: touched=' && after=$(awk '/^VmRSS/ {print $2}' /proc/$pid/status)
+wait $pid
+echo "RSS: rc=$? before_kb=$before after_kb=$after"
+grep 'L2: touched=' /tmp/rss.out | sed 's/^/RSS: /'
+sed 's/^/RSS: stderr: /' /tmp/rss.err
+"#;
+
 fn lab() -> &'static LabRun {
     static RUN: OnceLock<Result<LabRun, String>> = OnceLock::new();
     let run = RUN.get_or_init(|| {
@@ -111,6 +169,18 @@ fn lab() -> &'static LabRun {
             )
             .case(Case::new("reboot").guest(Guest::new().end_with("reboot -f")))
             .case(Case::new("memory-too-big").timings(false).memory("64G"))
+            // A guest touching 100k unbacked pages: the VMM's memory must not grow with them.
+            .case(
+                Case::new("rss-img")
+                    .guest(
+                        Guest::new()
+                            .binary("/touch", touch_program())
+                            .line("echo 'L2: touch-start'; sleep 1")
+                            .line(&format!("/touch {TOUCH_BASE:#x} {TOUCH_PAGES}; sleep 1")),
+                    )
+                    .arg("--help"),
+            )
+            .case(Case::shell("rss", RSS_SCRIPT).timeout(Duration::from_secs(240)))
             .case(Case::new("cpus0").timings(false).cpus(0));
         let run = lab.run().map_err(|e| e.to_string())?;
         eprintln!(
@@ -303,4 +373,35 @@ fn qemu_as_l1_reference_boots() {
     let c = lab().case("qemu-reference");
     c.assert_booted();
     c.check(c.marker_u64("cpus") == Some(1), "want 1 cpu");
+}
+
+/// The VMM's per-exit bookkeeping is bounded: a guest touching 100,000 distinct unbacked
+/// pages (100,000 MMIO exits) leaves zhitong's RSS within 1 MiB.
+#[test]
+fn unbacked_page_touches_do_not_grow_the_vmm() {
+    let c = lab().case("rss");
+    let line = c
+        .console
+        .lines()
+        .find_map(|l| l.strip_prefix("RSS: rc="))
+        .unwrap_or("");
+    eprintln!("RSS: rc={line}");
+    let field = |key: &str| -> Option<u64> {
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix(key))
+            .and_then(|v| v.parse().ok())
+    };
+    c.check(line.starts_with("0 "), "the guest powered off");
+    let want = format!("RSS: L2: touched={TOUCH_PAGES} sum={}", TOUCH_PAGES * 255);
+    c.check(
+        c.console.lines().any(|l| l == want),
+        "every touch was an exit answered with all-ones",
+    );
+    match (field("before_kb="), field("after_kb=")) {
+        (Some(before), Some(after)) => c.check(
+            after <= before + 1024,
+            &format!("RSS grew from {before} KiB to {after} KiB: more than 1 MiB"),
+        ),
+        _ => c.check(false, "RSS sampled before and after"),
+    }
 }

@@ -24,6 +24,8 @@ use crate::Result;
 pub struct Guest {
     modules: Vec<String>,
     lines: Vec<String>,
+    /// (path in the guest, host file): helper programs (`gcc -static` ones need no libs).
+    binaries: Vec<(String, std::path::PathBuf)>,
     end: String,
 }
 
@@ -32,6 +34,7 @@ impl Default for Guest {
         Guest {
             modules: Vec::new(),
             lines: Vec::new(),
+            binaries: Vec::new(),
             end: "poweroff -f".into(),
         }
     }
@@ -61,6 +64,13 @@ impl Guest {
         self
     }
 
+    /// Puts the program `src` (with the shared libraries `ldd` lists) at `dst` in the guest.
+    pub fn binary(mut self, dst: &str, src: impl AsRef<Path>) -> Guest {
+        self.binaries
+            .push((dst.to_string(), src.as_ref().to_path_buf()));
+        self
+    }
+
     /// Writes the initramfs (gzip'ed if `out` ends in .gz).
     pub fn build(&self, kernel: &Kernel, out: &Path) -> Result<()> {
         let mut img = Initramfs::new()?;
@@ -70,6 +80,9 @@ impl Guest {
             .line("echo \"L2: memtotal_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)\"")
             .line("echo \"L2: uname=$(uname -r)\"");
         img.modules(kernel, &self.modules, "L2")?;
+        for (dst, src) in &self.binaries {
+            img.binary(dst, src)?;
+        }
         for l in &self.lines {
             img.line(l.as_str());
         }

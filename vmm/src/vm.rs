@@ -204,6 +204,9 @@ fn run_vm(
     shared.set_state(VmState::Running);
 
     let outcome = run_until_exit(exit, control);
+    // Stop the vCPUs before taking the state lock: a pause holding it while it waits for a
+    // vCPU to park gives up once the vCPUs stop.
+    drop(running);
     shared.set_state(VmState::Stopping);
     outcome
 }
