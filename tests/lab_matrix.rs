@@ -3,7 +3,7 @@
 //! the guest exit port, one that hangs and hits its timeout. Each case's guest loads the GPU's
 //! native driver, so every case proves it got the device from the one before. Then a strict
 //! matrix (every case expects 0, `--filter exits`) must fail with exit 1, after the timed-out
-//! case released the device. Last, `zhitong run --timeout 15s --console-log` on the hanging
+//! case released the device. Last, `zhitong run --timeout 30s --console-log` on the hanging
 //! guest exits 124 and leaves a timestamped log. Before it, the failure paths with the GPU
 //! (binary built with `test-faults`): a vCPU that panics, a VM that fails right after its
 //! devices are attached; the timed run then proves each released the GPU. After it, a run
@@ -37,7 +37,7 @@ fn matrix(expect_exit: u8, expect_hang: u8) -> String {
         "devices = [\"{DEV}\"]\ntimeout = \"120s\"\n\n\
          [[case]]\nname = \"passes\"\n{}\n\n\
          [[case]]\nname = \"exits-3\"\nexpect = {expect_exit}\n{}\n\n\
-         [[case]]\nname = \"hangs\"\nexpect = {expect_hang}\ntimeout = \"20s\"\n{}\n",
+         [[case]]\nname = \"hangs\"\nexpect = {expect_hang}\ntimeout = \"30s\"\n{}\n",
         kernel("img-pass"),
         kernel("img-exit"),
         kernel("img-hang"),
@@ -66,7 +66,7 @@ sed 's/^/PANIC: stderr: /' /tmp/panic.err
 ZHITONG_TEST_FAULT=fail-after-devices:0 sh -c "$R" >/dev/null 2>/tmp/half.err
 echo "HALFWAY: rc=$?"
 sed 's/^/HALFWAY: stderr: /' /tmp/half.err
-$Z run --kernel /l2/vmlinux --initramfs /l2/img-hang.img --cmdline 'console=ttyS0 quiet panic=-1' --device 0000:00:04.0 --timeout 15s --console-log /tmp/run.log --console-timestamps >/tmp/run.out 2>/tmp/run.err
+$Z run --kernel /l2/vmlinux --initramfs /l2/img-hang.img --cmdline 'console=ttyS0 quiet panic=-1' --device 0000:00:04.0 --timeout 30s --console-log /tmp/run.log --console-timestamps >/tmp/run.out 2>/tmp/run.err
 echo "RUN: rc=$?"
 sed 's/^/RUN: stderr: /' /tmp/run.err
 echo "RUN: stdout_ready=$(grep -c 'L2: gpu ready in hangs' /tmp/run.out)"
@@ -233,7 +233,7 @@ fn run_timeout_exits_124_and_the_console_log_is_timestamped() {
     c.check(
         run.iter().any(|l| {
             l.starts_with(
-                "stderr: zhitong: the guest was stopped after running for the --timeout of 15s",
+                "stderr: zhitong: the guest was stopped after running for the --timeout of 30s",
             )
         }),
         "one stderr line naming the limit",
