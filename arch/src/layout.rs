@@ -35,6 +35,8 @@ pub const HIMEM_START: u64 = 0x10_0000;
 /// Start of the 32-bit MMIO hole: RAM stops here and resumes at 4 GiB.
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;
 pub const FOUR_GIB: u64 = 1 << 32;
+/// Guest-physical address bits we never exceed: 4-level EPT/NPT cover 48 bits.
+pub const MAX_GUEST_PHYS_BITS: u8 = 48;
 /// 32-bit PCI BAR window (for BARs that must stay below 4 GiB).
 pub const PCI_MMIO32_START: u64 = MMIO_HOLE_START;
 pub const PCI_MMIO32_SIZE: u64 = 0x2000_0000;
@@ -83,8 +85,13 @@ pub const PCI_CONFIG_DATA_PORT: u16 = 0xcfc;
 pub const MAX_VCPUS: u8 = 254;
 /// Smallest guest RAM we accept: enough for a kernel, its page tables and an initramfs.
 pub const MIN_MEMORY: u64 = 64 << 20;
+/// Largest guest RAM the platform can address: what 48-bit guest-physical addresses hold,
+/// less the MMIO hole RAM skips below 4 GiB (256T - 1G). Larger sizes would also overflow
+/// the address arithmetic of the memory map.
+pub const MAX_MEMORY: u64 = (1 << MAX_GUEST_PHYS_BITS) - (FOUR_GIB - MMIO_HOLE_START);
 
 /// Guest RAM regions (start, length) for `size` bytes of RAM, split around the MMIO hole.
+/// Meaningful up to [`MAX_MEMORY`], which configurations are checked against.
 pub fn ram_regions(size: u64) -> Vec<(u64, u64)> {
     if size <= MMIO_HOLE_START {
         vec![(0, size)]
@@ -93,11 +100,12 @@ pub fn ram_regions(size: u64) -> Vec<(u64, u64)> {
     }
 }
 
-/// First guest-physical address after the last byte of RAM.
+/// First guest-physical address after the last byte of RAM (`u64::MAX` when a size far past
+/// [`MAX_MEMORY`] would not fit the address space).
 pub fn ram_end(size: u64) -> u64 {
     ram_regions(size)
         .last()
-        .map(|(start, len)| start + len)
+        .map(|(start, len)| start.saturating_add(*len))
         .unwrap_or(0)
 }
 
@@ -107,7 +115,7 @@ pub fn ram_end(size: u64) -> u64 {
 pub fn pci_mmio64_window(ram_size: u64, phys_bits: u8) -> Option<(u64, u64)> {
     let top = 1u64.checked_shl(u32::from(phys_bits))?;
     let start = ram_end(ram_size)
-        .next_multiple_of(1 << 30)
+        .checked_next_multiple_of(1 << 30)?
         .max(PCI_MMIO64_MIN_START);
     (top > start).then(|| (start, top - start))
 }
@@ -144,6 +152,19 @@ mod tests {
         let (start, _) = pci_mmio64_window(100 << 30, 46).unwrap();
         assert_eq!(start, 101 << 30);
         assert!(pci_mmio64_window(4 << 30, 36).is_none());
+    }
+
+    #[test]
+    fn the_largest_guest_fills_48_bits_and_larger_sizes_do_not_overflow() {
+        assert_eq!(MAX_MEMORY, (256 << 40) - (1 << 30));
+        assert_eq!(ram_end(MAX_MEMORY), 1 << 48);
+        assert_eq!(pci_mmio64_window(MAX_MEMORY, 48), None);
+        for size in [u64::MAX, !0xfff] {
+            assert_eq!(ram_end(size), u64::MAX);
+        }
+        for size in [u64::MAX, u64::MAX - (1 << 30), 16_777_215 << 40] {
+            assert_eq!(pci_mmio64_window(size, 48), None);
+        }
     }
 
     #[test]

@@ -3,13 +3,13 @@
 //! physical address width. The BAR allocator, the ACPI tables, the host doctor and the VM
 //! all take them from here, so they agree.
 
+/// Re-exported where the windows are sized by it; the memory map's limit comes from it too.
+pub use crate::layout::MAX_GUEST_PHYS_BITS;
 use crate::layout::{pci_mmio64_window, PCI_MMIO32_SIZE, PCI_MMIO32_START};
 
 /// I/O ports for I/O BARs (everything above the legacy range).
 pub const PCI_IO_START: u64 = 0x1000;
 pub const PCI_IO_END: u64 = 0x1_0000;
-/// Guest-physical address bits we never exceed: 4-level EPT/NPT cover 48 bits.
-pub const MAX_GUEST_PHYS_BITS: u8 = 48;
 
 /// A range of addresses: `size` bytes from `start`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,9 +1,9 @@
 //! A running VM seen from the caller: its state, pause/resume, stop, and waiting for the end.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::EventFd;
 
@@ -53,6 +53,28 @@ pub(crate) struct VmShared {
     pub vcpus: OnceLock<Arc<VcpuSet>>,
     /// Presses the guest's power button (set once the platform devices exist).
     pub power_button: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// The forced stop after `VmHandle::shutdown`: one per VM, whatever the requests.
+    shutdown_timer: ShutdownTimer,
+}
+
+/// When a shutdown request stops a VM whose guest did not power off, and the one thread
+/// that waits for it. The thread starts with the first request and ends with the VM; each
+/// later request re-arms it (the latest request's timeout counts, sooner or later than
+/// before), so any number of requests cost one thread.
+#[derive(Default)]
+struct ShutdownTimer {
+    state: Mutex<TimerState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct TimerState {
+    /// When to stop the VM, and the timeout that set it (for the reason).
+    deadline: Option<(Instant, Duration)>,
+    /// The thread was started (at most once per VM).
+    started: bool,
+    /// The VM is stopped: the thread returns.
+    vm_stopped: bool,
 }
 
 impl VmShared {
@@ -63,6 +85,7 @@ impl VmShared {
             state: Mutex::new(VmState::Starting),
             vcpus: OnceLock::new(),
             power_button: OnceLock::new(),
+            shutdown_timer: ShutdownTimer::default(),
         }
     }
 
@@ -84,6 +107,57 @@ impl VmShared {
 
     pub fn set_state(&self, state: VmState) {
         *lock(&self.state) = state;
+        if state == VmState::Stopped {
+            let timer = &self.shutdown_timer;
+            lock(&timer.state).vm_stopped = true;
+            timer.changed.notify_all();
+        }
+    }
+
+    /// Stop the VM `timeout` from now unless it ends first, replacing any earlier deadline;
+    /// the first call starts the timer thread.
+    fn arm_shutdown_timer(self: &Arc<Self>, timeout: Duration) -> std::io::Result<()> {
+        let timer = &self.shutdown_timer;
+        let mut state = lock(&timer.state);
+        state.deadline = Some((Instant::now() + timeout, timeout));
+        if state.started {
+            timer.changed.notify_all();
+            return Ok(());
+        }
+        let shared = self.clone();
+        std::thread::Builder::new()
+            .name("shutdown-timer".into())
+            .spawn(move || shared.run_shutdown_timer())?;
+        state.started = true;
+        Ok(())
+    }
+
+    /// The timer thread: wait for the deadline, which requests may move, or for the VM to
+    /// stop by itself.
+    fn run_shutdown_timer(&self) {
+        let timer = &self.shutdown_timer;
+        let mut state = lock(&timer.state);
+        while !state.vm_stopped {
+            let Some((at, timeout)) = state.deadline else {
+                return;
+            };
+            let now = Instant::now();
+            if now >= at {
+                drop(state);
+                self.exit.request(VmExit::Stopped {
+                    reason: format!(
+                        "shutdown: the guest did not power off within {}s",
+                        timeout.as_secs()
+                    ),
+                });
+                return;
+            }
+            state = timer
+                .changed
+                .wait_timeout(state, at - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
     pub fn state(&self) -> VmState {
@@ -147,7 +221,9 @@ impl VmHandle {
 
     /// Ask the guest to power off (the ACPI power button), and stop the VM if it has not
     /// ended `timeout` later. Returns at once; `wait` reports how it ended (`Poweroff` when
-    /// the guest cooperated, `Stopped` when it had to be forced).
+    /// the guest cooperated, `Stopped` when it had to be forced). Calling it again presses
+    /// the button again and re-arms the one timer: the stop comes `timeout` after the latest
+    /// call, whether that is sooner or later than before.
     pub fn shutdown(&self, timeout: Duration) -> std::result::Result<(), ControlError> {
         match self.state() {
             VmState::Stopping | VmState::Stopped => {
@@ -157,20 +233,8 @@ impl VmHandle {
             VmState::Starting | VmState::Running => {}
         }
         self.shared.press_power_button();
-        let exit = self.shared.exit.clone();
-        std::thread::Builder::new()
-            .name("shutdown-timer".into())
-            .spawn(move || {
-                if !exit.wait_timeout(timeout) {
-                    exit.request(VmExit::Stopped {
-                        reason: format!(
-                            "shutdown: the guest did not power off within {}s",
-                            timeout.as_secs()
-                        ),
-                    });
-                }
-            })
-            .map(|_| ())
+        self.shared
+            .arm_shutdown_timer(timeout)
             .map_err(|_| ControlError::NotRunning(self.state()))
     }
 
@@ -318,5 +382,54 @@ mod tests {
                 reason: "the VM handle was dropped".into()
             })
         );
+    }
+
+    /// Threads of this process named like the shutdown timer.
+    fn shutdown_timer_threads() -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .filter(|name| name.trim_end() == "shutdown-timer")
+            .count()
+    }
+
+    #[test]
+    fn shutdown_requests_share_one_timer_and_the_latest_counts() {
+        let handle = handle_for(until_exit);
+        handle.shutdown(Duration::from_secs(1)).unwrap();
+        for _ in 0..50 {
+            handle.shutdown(Duration::from_secs(600)).unwrap();
+        }
+        // A thread takes its name once it runs: give it (or them) time to.
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(shutdown_timer_threads(), 1);
+        // Re-armed later: the first request's 1 s has passed and the VM still runs.
+        std::thread::sleep(Duration::from_millis(1300));
+        assert_eq!(handle.state(), VmState::Running);
+        // Re-armed sooner: the sleeping timer is woken for the new deadline.
+        let asked = Instant::now();
+        handle.shutdown(Duration::from_secs(1)).unwrap();
+        let exit = handle.wait().unwrap();
+        let took = asked.elapsed();
+        assert!(
+            took >= Duration::from_secs(1) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+        assert_eq!(
+            exit,
+            VmExit::Stopped {
+                reason: "shutdown: the guest did not power off within 1s".into()
+            }
+        );
+        // The timer went with the VM, and a stopped VM refuses to shut down.
+        assert!(handle.shutdown(Duration::from_secs(1)).is_err());
+        let gone = Instant::now();
+        while shutdown_timer_threads() > 0 {
+            assert!(
+                gone.elapsed() < Duration::from_secs(1),
+                "the timer outlived the VM"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }

@@ -48,7 +48,7 @@ impl Vm {
         console: Console,
         start: Instant,
     ) -> Result<Self> {
-        config.machine.validate(host_ram_bytes())?;
+        config.validate(host_ram_bytes())?;
         boot::check_kernel_file(&config.kernel.path)?;
         if let Some(path) = &config.kernel.initramfs {
             let unreadable = |source| boot::BootError::InitramfsUnreadable {

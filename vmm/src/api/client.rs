@@ -68,12 +68,22 @@ pub fn request(
         req.push_str("Content-Type: application/json\r\n");
     }
     req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    stream.write_all(req.as_bytes()).map_err(io)?;
+    // A busy server answers 503 and closes without reading the request, which can make the
+    // write fail (or the read end in a reset after the answer): the answer is still there.
+    match stream.write_all(req.as_bytes()) {
+        Err(e) if e.kind() != ErrorKind::BrokenPipe => return Err(io(e)),
+        _ => {}
+    }
     let mut bytes = Vec::new();
-    stream
+    match stream
         .take((MAX_HEAD + MAX_BODY) as u64 * 16)
         .read_to_end(&mut bytes)
-        .map_err(io)?;
+    {
+        Err(e) if e.kind() == ErrorKind::ConnectionReset && !bytes.is_empty() => {}
+        other => {
+            other.map_err(io)?;
+        }
+    }
     parse_response(&bytes).map_err(|reason| ClientError::BadResponse {
         path: socket.to_owned(),
         reason,

@@ -26,7 +26,7 @@ use crate::config::VmConfig;
 use crate::handle::{ControlError, VmHandle, VmState};
 use crate::timeline::Timeline;
 pub use http::{Request, Response};
-pub use server::{ApiServer, BindError};
+pub use server::{ApiServer, BindError, MAX_CONNECTIONS, REQUEST_DEADLINE, SOCKET_MODE};
 
 /// What the API can do to a VM. Implemented by [`VmHandle`]; tests use a fake.
 pub trait VmControl: Sync {

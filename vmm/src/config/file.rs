@@ -2,6 +2,9 @@
 //! flags build. Sizes and durations are written as in the CLI ("4G", "60s"); a plain
 //! number of bytes / seconds is accepted too.
 
+use std::fs::OpenOptions;
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::Duration;
 
@@ -11,17 +14,64 @@ use arch::units::{format_size, parse_duration, parse_size};
 
 use super::{ConfigError, VmConfig};
 
+/// The largest config (or `zhitong test` matrix) file read: far more than any needs, and a
+/// bound on what a wrong path (a disk image, /dev/zero) makes zhitong read.
+pub const MAX_FILE_SIZE: u64 = 1 << 20;
+
 /// Read a config file: `.toml` is TOML, anything else JSON.
 pub fn load(path: &Path) -> Result<VmConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::FileUnreadable {
+    let text = read_text(path).map_err(|reason| ConfigError::FileUnreadable {
         path: path.display().to_string(),
-        reason: e.to_string(),
+        reason,
     })?;
     let is_toml = path.extension().is_some_and(|e| e == "toml");
     parse(&text, is_toml).map_err(|reason| ConfigError::File {
         path: path.display().to_string(),
         reason,
     })
+}
+
+/// The text of a regular file of at most [`MAX_FILE_SIZE`] bytes; the error is the reason,
+/// worded to follow the file's name. Devices, FIFOs and directories are refused before any
+/// read (a FIFO is opened without waiting for a writer).
+pub fn read_text(path: &Path) -> Result<String, String> {
+    // O_NONBLOCK only matters for a FIFO, whose open would otherwise block until some writer
+    // opens it; reads from a regular file are unaffected.
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let kind = file.metadata().map_err(|e| e.to_string())?.file_type();
+    let what = if kind.is_dir() {
+        "a directory"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        ""
+    };
+    if !what.is_empty() {
+        return Err(format!("{what}, not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    // One byte past the limit tells a file at the limit from a larger one (sizes in
+    // metadata can be wrong, e.g. in /proc).
+    file.take(MAX_FILE_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_FILE_SIZE {
+        return Err(format!(
+            "over the {} size limit",
+            format_size(MAX_FILE_SIZE)
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| "not UTF-8 text".into())
 }
 
 /// Parse config text; the error is one line naming the offending field.
@@ -139,6 +189,40 @@ mod tests {
         let text = serde_json::to_string(&cfg).unwrap();
         assert!(text.contains("\"memory\":\"3G\""), "{text}");
         assert_eq!(parse(&text, false).unwrap(), cfg);
+    }
+
+    #[test]
+    fn only_small_regular_files_are_read() {
+        let dir = std::env::temp_dir().join(format!("zhitong-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let big = dir.join("big.json");
+        std::fs::write(&big, vec![b' '; MAX_FILE_SIZE as usize + 1]).unwrap();
+        let limit = dir.join("limit.json");
+        std::fs::write(&limit, vec![b' '; MAX_FILE_SIZE as usize]).unwrap();
+        for (path, reason) in [
+            (
+                Path::new("/dev/zero"),
+                "a character device, not a regular file",
+            ),
+            (&fifo, "a FIFO, not a regular file"),
+            (&dir, "a directory, not a regular file"),
+            (&big, "over the 1M size limit"),
+        ] {
+            assert_eq!(read_text(path).unwrap_err(), reason, "{}", path.display());
+            let err = load(path).unwrap_err().to_string();
+            assert!(
+                err.contains(&*path.display().to_string()) && !err.contains('\n'),
+                "{err}"
+            );
+        }
+        assert_eq!(read_text(&limit).unwrap().len(), MAX_FILE_SIZE as usize);
+        std::fs::write(&big, b"\xff").unwrap();
+        assert_eq!(read_text(&big).unwrap_err(), "not UTF-8 text");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use arch::layout::{MAX_VCPUS, MIN_MEMORY};
+use arch::layout::{MAX_MEMORY, MAX_VCPUS, MIN_MEMORY};
 use arch::units::{format_size, UnitError};
+use devices::pci::address::{MAX_DEVICES, MAX_FUNCTIONS};
+use devices::pci::Bdf;
 
 /// The guest kernel and how it is started.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,7 +151,11 @@ pub enum ConfigError {
     MemoryUnaligned { got: String, suggest: String },
     #[error("machine.memory {got} is more than this host's {host} of RAM; ask for less")]
     MemoryTooLarge { got: String, host: String },
-    /// The file could not be read (`reason` is the I/O error).
+    #[error("machine.memory {got} is more than the platform's maximum of {max} (what 48-bit guest physical addresses hold, less the 1G MMIO hole); ask for at most {max}")]
+    MemoryAboveMax { got: String, max: String },
+    #[error("devices lists {functions} functions in {slots} host slots, more than the guest's PCI bus 0 holds ({GUEST_PCI_SLOTS} slots, one per host slot, of {MAX_FUNCTIONS} functions); pass fewer devices")]
+    TooManyDevices { functions: usize, slots: usize },
+    /// The file could not be read (`reason`: the I/O error, or why it is not read at all).
     #[error("config file {path}: {reason}; check its path")]
     FileUnreadable { path: String, reason: String },
     /// The file was read but is not a valid configuration.
@@ -158,6 +164,10 @@ pub enum ConfigError {
     #[error("no kernel given; set kernel.path")]
     NoKernel,
 }
+
+/// Guest PCI slots for passed-through devices: bus 0 only (no bridges), slot 0 is the host
+/// bridge. Each host slot takes one (`device_manager::pci::place`).
+pub const GUEST_PCI_SLOTS: usize = MAX_DEVICES as usize - 1;
 
 /// Parse a vCPU count within the platform's limits.
 pub fn parse_vcpus(text: &str) -> Result<u8, ConfigError> {
@@ -172,8 +182,33 @@ pub fn parse_vcpus(text: &str) -> Result<u8, ConfigError> {
     }
 }
 
+impl VmConfig {
+    /// The checks that need neither KVM nor the host's devices: the machine (with the host's
+    /// RAM, `host_ram` bytes, None when unknown) and the number of devices.
+    pub fn validate(&self, host_ram: Option<u64>) -> Result<(), ConfigError> {
+        self.machine.validate(host_ram)?;
+        validate_devices(&self.devices)
+    }
+}
+
+/// Check that `devices` fit the guest's PCI bus: at most [`GUEST_PCI_SLOTS`] host slots and
+/// as many functions as those slots hold (a longer list repeats a device, which the
+/// preflight refuses, but the placement arithmetic must not see it first).
+pub fn validate_devices(devices: &[Bdf]) -> Result<(), ConfigError> {
+    let mut slots: Vec<Bdf> = devices.iter().map(|d| d.with_function(0)).collect();
+    slots.sort_unstable();
+    slots.dedup();
+    if slots.len() > GUEST_PCI_SLOTS || devices.len() > GUEST_PCI_SLOTS * MAX_FUNCTIONS as usize {
+        return Err(ConfigError::TooManyDevices {
+            functions: devices.len(),
+            slots: slots.len(),
+        });
+    }
+    Ok(())
+}
+
 impl MachineConfig {
-    /// Check RAM against the platform minimum, page alignment and the host's RAM
+    /// Check RAM against the platform minimum and maximum, page alignment and the host's RAM
     /// (`host_ram` bytes; None when unknown).
     pub fn validate(&self, host_ram: Option<u64>) -> Result<(), ConfigError> {
         let got = format_size(self.memory_bytes);
@@ -181,6 +216,13 @@ impl MachineConfig {
             return Err(ConfigError::MemoryTooSmall {
                 got,
                 min: format_size(MIN_MEMORY),
+            });
+        }
+        // Before the alignment check, whose suggestion would overflow near u64::MAX.
+        if self.memory_bytes > MAX_MEMORY {
+            return Err(ConfigError::MemoryAboveMax {
+                got,
+                max: format_size(MAX_MEMORY),
             });
         }
         if !self.memory_bytes.is_multiple_of(4096) {
@@ -277,6 +319,75 @@ mod tests {
             err.to_string(),
             "machine.memory 8G is more than this host's 4G of RAM; ask for less"
         );
+    }
+
+    #[test]
+    fn memory_above_the_platform_maximum_is_refused_without_overflow() {
+        let m = |bytes| MachineConfig {
+            vcpus: 1,
+            memory_bytes: bytes,
+        };
+        assert!(m(MAX_MEMORY).validate(None).is_ok());
+        for bytes in [MAX_MEMORY + 4096, u64::MAX, 16_777_215 << 40] {
+            let err = m(bytes).validate(None).unwrap_err();
+            assert!(matches!(err, ConfigError::MemoryAboveMax { .. }), "{err}");
+        }
+        // A config file's plain byte count, as the issue reported it.
+        let cfg = file::parse(
+            "[kernel]\npath = \"/k\"\n[machine]\nmemory = 18446744073709551615\n",
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.validate(None).unwrap_err().to_string(),
+            "machine.memory 18446744073709551615B is more than the platform's maximum of 262143G \
+             (what 48-bit guest physical addresses hold, less the 1G MMIO hole); ask for at most 262143G"
+        );
+    }
+
+    #[test]
+    fn devices_must_fit_the_guest_bus() {
+        let bdf = |bus: u8, device: u8, function: u8| Bdf {
+            domain: 0,
+            bus,
+            device,
+            function,
+        };
+        // 31 host slots of 8 functions: the most that fits.
+        let full: Vec<Bdf> = (0..31)
+            .flat_map(|slot| (0..8).map(move |f| bdf(1, slot, f)))
+            .collect();
+        assert_eq!(full.len(), 248);
+        assert!(validate_devices(&full).is_ok());
+        // One slot more.
+        let mut over = full.clone();
+        over.push(bdf(9, 0, 0));
+        let err = validate_devices(&over).unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::TooManyDevices {
+                functions: 249,
+                slots: 32
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "devices lists 249 functions in 32 host slots, more than the guest's PCI bus 0 holds \
+             (31 slots, one per host slot, of 8 functions); pass fewer devices"
+        );
+        // 255 entries, as a config file's list or 255 --device flags give them, even of few slots.
+        let repeated = vec![bdf(1, 0, 0); 255];
+        assert!(validate_devices(&repeated).is_err());
+        let many: Vec<Bdf> = (0..=254).map(|i| bdf(i, 0, 0)).collect();
+        let mut cfg = VmConfig::new("/k");
+        cfg.devices = many;
+        assert!(matches!(
+            cfg.validate(None),
+            Err(ConfigError::TooManyDevices {
+                functions: 255,
+                slots: 255
+            })
+        ));
     }
 
     #[test]

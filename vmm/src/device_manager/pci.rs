@@ -55,6 +55,7 @@ impl PciDevices {
 /// share a guest slot (drivers expect a GPU's audio function next to it) and keep their
 /// function numbers when function 0 is among them; otherwise they are renumbered from 0,
 /// because a guest only scans a slot whose function 0 exists. Slot 0 is the host bridge.
+/// `VmConfig::validate` keeps `devices` within bus 0's 31 free slots.
 pub fn place(devices: &[Bdf]) -> Vec<Bdf> {
     let mut host_slots: Vec<Bdf> = Vec::new();
     for d in devices {

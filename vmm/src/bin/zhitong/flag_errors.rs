@@ -41,6 +41,14 @@ fn config_message(e: &ConfigError) -> String {
         ConfigError::MemoryTooLarge { got, host } => {
             format!("--memory {got} is more than this host's {host} of RAM; ask for less")
         }
+        ConfigError::MemoryAboveMax { got, max } => format!(
+            "--memory {got} is more than the platform's maximum of {max} (what 48-bit guest physical addresses hold, less the 1G MMIO hole); ask for at most {max}"
+        ),
+        ConfigError::TooManyDevices { functions, slots } => format!(
+            "--device is given for {functions} functions in {slots} host slots, more than the guest's PCI bus 0 holds ({} slots, one per host slot, of {} functions); pass fewer --device",
+            vmm::config::GUEST_PCI_SLOTS,
+            devices::pci::address::MAX_FUNCTIONS
+        ),
         ConfigError::FileUnreadable { path, reason } => {
             format!("config file {path}: {reason}; check the path given to --config")
         }
@@ -86,6 +94,22 @@ mod tests {
         assert_eq!(
             memory(8 << 30),
             "--memory 8G is more than this host's 4G of RAM; ask for less"
+        );
+        assert_eq!(
+            memory(16_777_215 << 40),
+            "--memory 16777215T is more than the platform's maximum of 262143G (what 48-bit guest physical addresses hold, less the 1G MMIO hole); ask for at most 262143G"
+        );
+        let devices: Vec<devices::pci::Bdf> = (0..=254)
+            .map(|bus| devices::pci::Bdf {
+                domain: 0,
+                bus,
+                device: 0,
+                function: 0,
+            })
+            .collect();
+        assert_eq!(
+            config(vmm::config::validate_devices(&devices).unwrap_err()),
+            "--device is given for 255 functions in 255 host slots, more than the guest's PCI bus 0 holds (31 slots, one per host slot, of 8 functions); pass fewer --device"
         );
         assert_eq!(
             config(ConfigError::NoKernel),

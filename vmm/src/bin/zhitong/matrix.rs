@@ -68,7 +68,7 @@ pub struct MatrixCase {
 
 /// Read a matrix file; the error is one line naming the file, the line and the problem.
 pub fn load(path: &Path) -> Result<Vec<MatrixCase>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let text = file::read_text(path).map_err(|e| {
         format!(
             "cannot read the matrix {}: {e}; check the path given to zhitong test",
             path.display()
@@ -236,5 +236,9 @@ path = "vmlinuz"
         }
         let err = load(Path::new("/nonexistent/m.toml")).unwrap_err();
         assert!(err.contains("/nonexistent/m.toml"), "{err}");
+        assert_eq!(
+            load(Path::new("/dev/zero")).unwrap_err(),
+            "cannot read the matrix /dev/zero: a character device, not a regular file; check the path given to zhitong test"
+        );
     }
 }
