@@ -7,5 +7,5 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 resources/lab/setup.sh
-cargo build --release -p vmm
+cargo build --release -p vmm --features test-faults
 cargo test --workspace "$@"

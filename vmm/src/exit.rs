@@ -1,9 +1,11 @@
 //! How a VM ends, and the channel through which vCPUs, devices and the caller say so.
 
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use vmm_sys_util::eventfd::EventFd;
+
+use crate::seccomp;
 
 /// Why the VM stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +29,9 @@ pub enum VmExit {
     BootTimeout(Duration),
     /// A vCPU hit a condition the VM cannot continue from (triple fault, KVM error).
     Crashed { vcpu: u8, reason: String },
+    /// A thread of the VM made a syscall its seccomp filter forbids (or could not install
+    /// its filter). Reported whenever it happened, even after another exit was requested.
+    Seccomp(seccomp::Violation),
 }
 
 impl VmExit {
@@ -48,25 +53,53 @@ impl VmExit {
             VmExit::GuestStatus(status) => i32::from(*status),
             VmExit::Timeout(_) => 124,
             VmExit::Signal { signal } => 128 + signal,
-            VmExit::Stopped { .. } | VmExit::BootTimeout(_) | VmExit::Crashed { .. } => 1,
+            VmExit::Stopped { .. }
+            | VmExit::BootTimeout(_)
+            | VmExit::Crashed { .. }
+            | VmExit::Seccomp(_) => 1,
         }
     }
 }
 
-/// First writer wins: the reason is kept and the event fd is signalled.
+/// First writer wins: the reason is kept and the event fd is signalled. A seccomp violation
+/// (recorded in the VM's policy from a signal handler, which signals the event fd too)
+/// overrides the reason.
 pub struct ExitChannel {
     reason: Mutex<Option<VmExit>>,
     requested: Condvar,
     evt: EventFd,
+    seccomp: Arc<seccomp::Policy>,
 }
 
 impl ExitChannel {
+    /// A channel whose VM installs no seccomp filters.
     pub fn new() -> std::io::Result<Self> {
+        Self::with_seccomp(seccomp::Policy::off())
+    }
+
+    /// A channel whose VM's threads install `policy`'s filters and report violations here.
+    pub fn with_seccomp(policy: seccomp::Policy) -> std::io::Result<Self> {
+        let evt = EventFd::new(libc::EFD_NONBLOCK)?;
         Ok(Self {
             reason: Mutex::new(None),
             requested: Condvar::new(),
-            evt: EventFd::new(libc::EFD_NONBLOCK)?,
+            seccomp: Arc::new(policy.wake_with(evt.try_clone()?)),
+            evt,
         })
+    }
+
+    /// The policy the VM's threads pass to `seccomp::apply`.
+    pub fn seccomp(&self) -> &Arc<seccomp::Policy> {
+        &self.seccomp
+    }
+
+    /// How the VM ended: a seccomp violation if there was one (even one made while tearing
+    /// down, after `outcome` was decided), else `outcome`.
+    pub fn outcome(&self, outcome: crate::Result<VmExit>) -> crate::Result<VmExit> {
+        match self.seccomp.violation() {
+            Some(v) => Ok(VmExit::Seccomp(v)),
+            None => outcome,
+        }
     }
 
     pub fn request(&self, exit: VmExit) {
@@ -90,6 +123,11 @@ impl ExitChannel {
     }
 
     pub fn reason(&self) -> Option<VmExit> {
+        if let Some(v) = self.seccomp.violation() {
+            // Make it the recorded reason too, so that waiters (timers) wake.
+            self.request(VmExit::Seccomp(v.clone()));
+            return Some(VmExit::Seccomp(v));
+        }
         self.reason.lock().unwrap().clone()
     }
 

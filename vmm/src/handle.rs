@@ -9,6 +9,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::{Error, Result};
 use crate::exit::{ExitChannel, VmExit};
+use crate::seccomp::{self, ThreadKind};
 use crate::timeline::Timeline;
 use crate::vcpu::VcpuSet;
 
@@ -160,6 +161,9 @@ impl VmHandle {
         std::thread::Builder::new()
             .name("shutdown-timer".into())
             .spawn(move || {
+                if seccomp::apply(ThreadKind::Timer, exit.seccomp()).is_err() {
+                    return;
+                }
                 if !exit.wait_timeout(timeout) {
                     exit.request(VmExit::Stopped {
                         reason: format!(
@@ -190,6 +194,13 @@ impl VmHandle {
     /// reports `VmExit::Signal`, whose `exit_status` is 128 + `signal`.
     pub fn stop_for_signal(&self, signal: i32) {
         self.shared.exit.request(VmExit::Signal { signal });
+    }
+
+    /// Install `kind`'s seccomp filter on the calling thread, a thread of the caller's own
+    /// that serves this VM (an API server, a signal thread); a syscall it forbids ends this
+    /// VM. Nothing happens when the VM's `security.seccomp` is off.
+    pub fn confine(&self, kind: ThreadKind) -> std::result::Result<(), seccomp::SeccompError> {
+        seccomp::apply(kind, self.shared.exit.seccomp())
     }
 
     /// Wait for the VM to end and everything it held to be released. Only the first call

@@ -1,6 +1,7 @@
 //! What a VM is made of, one struct per concern, and the checks that need no KVM.
 
 pub mod file;
+pub mod security;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use arch::layout::{MAX_VCPUS, MIN_MEMORY};
 use arch::units::{format_size, UnitError};
+pub use security::{SecurityConfig, SecurityError};
 
 /// The guest kernel and how it is started.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +69,9 @@ pub struct VmConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<Duration>,
+    /// seccomp and the user to run the guest as (`zhitong run --seccomp`, `--user`).
+    #[serde(default, skip_serializing_if = "SecurityConfig::is_default")]
+    pub security: SecurityConfig,
 }
 
 /// How long a guest may stay silent at boot before the run fails.
@@ -89,6 +94,7 @@ impl VmConfig {
             devices: Vec::new(),
             boot_timeout: default_boot_timeout(),
             timeout: None,
+            security: SecurityConfig::default(),
         }
     }
 
@@ -157,6 +163,8 @@ pub enum ConfigError {
     File { path: String, reason: String },
     #[error("no kernel given; set kernel.path")]
     NoKernel,
+    #[error(transparent)]
+    Security(#[from] SecurityError),
 }
 
 /// Parse a vCPU count within the platform's limits.
