@@ -194,6 +194,28 @@ mod tests {
         assert_eq!(SecurityConfig::default().validate(1000), Ok(()));
     }
 
+    /// docs/config.md's example parses, its `[security]` table included.
+    #[test]
+    fn the_documented_example_parses() {
+        let doc = include_str!("../../../docs/config.md");
+        let toml = doc
+            .split("```toml\n")
+            .nth(1)
+            .unwrap()
+            .split("```")
+            .next()
+            .unwrap();
+        let cfg = crate::config::file::parse(toml, true).unwrap();
+        assert_eq!(cfg.security.seccomp, SeccompMode::On);
+        assert_eq!(
+            cfg.security.user,
+            Some(User {
+                uid: 1000,
+                gid: 1000
+            })
+        );
+    }
+
     #[test]
     fn serde_round_trip() {
         let cfg: SecurityConfig =

@@ -109,7 +109,7 @@ impl fmt::Display for Violation {
         match self.cause {
             Cause::Syscall(nr) => write!(
                 f,
-                "the {} thread made a syscall its seccomp filter forbids: {} ({nr}); the VM was stopped. This is a bug in zhitong's filter or a thread gone astray: report it; --seccomp log runs without stopping and has the kernel log such calls",
+                "the {} thread made a syscall its seccomp filter forbids: {} ({nr}); the VM was stopped and its devices released: this is a bug in zhitong's filter or a sign the thread was subverted; report it (--seccomp log lets such calls through and has the kernel log them)",
                 self.thread,
                 syscall_name(nr).unwrap_or("unknown"),
             ),

@@ -12,7 +12,7 @@ use super::ThreadKind;
 
 pub type Rules = BTreeMap<i64, Vec<SeccompRule>>;
 
-/// What every thread needs: locks and sleeping, time, memory (never executable), the log's
+/// What every thread needs: locks and sleeping, time, memory (never executable), close, the log's
 /// and the eventfds' write(2), signal returns, thread exit, and the calls glibc makes on every
 /// thread when `--user` drops privileges (setuid and friends are per thread in the kernel;
 /// glibc runs them on each thread from a signal handler).
@@ -35,6 +35,8 @@ const COMMON: &[i64] = &[
     libc::SYS_brk,
     libc::SYS_mremap,
     libc::SYS_exit,
+    // Whichever thread drops the last reference to the VM's exit channel closes its eventfds.
+    libc::SYS_close,
     libc::SYS_setgroups,
     libc::SYS_setgid,
     libc::SYS_setuid,
@@ -54,7 +56,6 @@ const VM: &[i64] = &[
     libc::SYS_read,
     libc::SYS_pread64,
     libc::SYS_pwrite64,
-    libc::SYS_close,
     libc::SYS_tgkill,
     libc::SYS_readlink,
     libc::SYS_readlinkat,
@@ -82,7 +83,6 @@ const VCPU: &[i64] = &[
     libc::SYS_eventfd2,
     libc::SYS_dup,
     libc::SYS_fcntl,
-    libc::SYS_close,
 ];
 const VCPU_IOCTLS: &[u64] = &[
     KVM_RUN,
@@ -108,7 +108,6 @@ const API: &[i64] = &[
     libc::SYS_sendto,
     libc::SYS_setsockopt,
     libc::SYS_shutdown,
-    libc::SYS_close,
     libc::SYS_tgkill,
     libc::SYS_clone3,
     libc::SYS_clone,
