@@ -163,6 +163,40 @@ mod tests {
         t.join().unwrap();
     }
 
+    /// A violation on one of the VM's threads wakes the loop and becomes the exit, even
+    /// over a reason requested before it.
+    #[test]
+    fn a_seccomp_violation_overrides_the_reason() {
+        let policy = seccomp::Policy::new(seccomp::SeccompMode::On).unwrap();
+        let ch = std::sync::Arc::new(ExitChannel::with_seccomp(policy).unwrap());
+        ch.request(VmExit::Poweroff);
+        let _ = ch.event_fd().read();
+        let thread = ch.clone();
+        std::thread::Builder::new()
+            .name("vcpu7".into())
+            .spawn(move || {
+                seccomp::apply(seccomp::ThreadKind::Vcpu, thread.seccomp()).unwrap();
+                // SAFETY: socket(2) takes no pointers; the vCPU filter refuses it.
+                assert_eq!(
+                    unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) },
+                    -1
+                );
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(ch.event_fd().read().unwrap(), 1, "the loop is woken");
+        let Some(VmExit::Seccomp(v)) = ch.reason() else {
+            panic!("{:?}", ch.reason())
+        };
+        assert_eq!(v.thread, "vcpu7");
+        assert_eq!(
+            ch.outcome(Ok(VmExit::Poweroff)).unwrap(),
+            VmExit::Seccomp(v.clone())
+        );
+        assert_eq!(VmExit::Seccomp(v).exit_status(), 1);
+    }
+
     #[test]
     fn clean_exits() {
         assert!(VmExit::Poweroff.is_clean());

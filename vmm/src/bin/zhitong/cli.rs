@@ -416,6 +416,29 @@ mod tests {
     }
 
     #[test]
+    fn security_flags() {
+        let config = |extra: &[&str]| match run_args(extra) {
+            Parsed::Run(Cli {
+                command: Command::Run(args),
+            }) => args.to_config(),
+            other => panic!("{other:?}"),
+        };
+        let cfg = config(&["--seccomp", "log", "--user", "1000:100"]).unwrap();
+        assert_eq!(cfg.security.seccomp, SeccompMode::Log);
+        assert_eq!(cfg.security.user.map(|u| (u.uid, u.gid)), Some((1000, 100)));
+        assert_eq!(config(&[]).unwrap().security, Default::default());
+        for (user, needle) in [
+            ("nobody", "id -u NAME"),
+            ("1000:x", "UID:GID"),
+            ("0", "root"),
+        ] {
+            let msg = crate::flag_errors::message(&config(&["--user", user]).unwrap_err().into());
+            assert!(msg.starts_with("--user ") && msg.contains(needle), "{msg}");
+        }
+        assert!(usage(run_args(&["--seccomp", "yes"])).contains("on, off or log"));
+    }
+
+    #[test]
     fn host_commands() {
         let Parsed::Run(cli) = parse(["zhitong", "devices", "--json"]) else {
             panic!()
