@@ -2,8 +2,9 @@
 //! (L2) in several shapes. All cases share one L0 boot (the first test to
 //! ask runs it); each test checks its own case.
 //!
-//! Needs resources/lab/setup.sh and `cargo build --release -p vmm`; without
-//! them these tests fail with a message saying so (they never skip).
+//! Needs resources/lab/setup.sh and `cargo build --release -p vmm --features test-faults`
+//! (a failure-path case injects a fault); without them these tests fail with a message
+//! saying so (they never skip).
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -167,6 +168,15 @@ fn lab() -> &'static LabRun {
                     .no_initramfs()
                     .timeout(Duration::from_secs(60)),
             )
+            // A vCPU making a syscall its seccomp filter forbids (the binary is built with
+            // --features test-faults), then a VM in the same L1.
+            .case(
+                Case::new("seccomp-violation")
+                    .timings(false)
+                    .env("ZHITONG_TEST_FAULT", "vcpu-syscall:2000")
+                    .timeout(Duration::from_secs(60)),
+            )
+            .case(Case::new("after-violation"))
             .case(Case::new("reboot").guest(Guest::new().end_with("reboot -f")))
             .case(Case::new("memory-too-big").timings(false).memory("64G"))
             // A guest touching 100k unbacked pages: the VMM's memory must not grow with them.
@@ -339,6 +349,21 @@ fn a_kernel_that_never_boots_times_out() {
 fn a_triple_fault_is_reported() {
     let c = lab().case("triple-fault");
     assert_one_error_line(c, 1, &["triple-faulted"]);
+}
+
+#[test]
+fn a_forbidden_syscall_stops_the_vm_with_one_line() {
+    let c = lab().case("seccomp-violation");
+    c.check(
+        c.rc != Some(0),
+        "the guest ran to its end: build target/release/zhitong with --features test-faults",
+    );
+    assert_one_error_line(
+        c,
+        1,
+        &["zhitong: the vcpu0 thread made a syscall its seccomp filter forbids: socket (41); "],
+    );
+    assert_guest(lab().case("after-violation"), 1, 512);
 }
 
 #[test]

@@ -40,7 +40,24 @@ fn more_msi(lab: Lab) -> Lab {
         &[GPU.bdf],
         vfio::gpu_guest(&GPU),
     ))
+    .case(
+        vfio::passthrough(Vmm::Zhitong, "gpu-user", &[GPU.bdf], vfio::gpu_guest(&GPU))
+            .args(["--user", "1000:1000"])
+            .probe_when(VCPU_RUNS, USER_PROBE),
+    )
 }
+
+/// zhitong's vCPU 0 thread exists: the guest runs.
+const VCPU_RUNS: &str = "cat /proc/$pid/task/*/comm 2>/dev/null | grep -qx vcpu0";
+
+/// The running zhitong's credentials, and how many of its threads are not uid 1000.
+const USER_PROBE: &str = r#"s=/proc/$pid/status
+echo "L1: uid=$(awk '/^Uid:/ {print $2":"$3":"$4":"$5}' $s)"
+echo "L1: gid=$(awk '/^Gid:/ {print $2":"$3":"$4":"$5}' $s)"
+echo "L1: capeff=$(awk '/^CapEff:/ {print $2}' $s)"
+echo "L1: capprm=$(awk '/^CapPrm:/ {print $2}' $s)"
+echo "L1: no_new_privs=$(awk '/^NoNewPrivs:/ {print $2}' $s)"
+echo "L1: other_threads=$(awk '/^Uid:/ && $2 != 1000 {n++} END {print n+0}' /proc/$pid/task/*/status)""#;
 
 #[test]
 fn sigterm_releases_the_device_for_the_next_run() {
@@ -58,6 +75,29 @@ fn sigterm_releases_the_device_for_the_next_run() {
         &format!("stopping took {ms:?} ms, want < 5000"),
     );
     vfio::assert_display(run, "gpu-again", vfio::VIRTIO_GPU);
+}
+
+#[test]
+fn user_runs_the_guest_unprivileged() {
+    let run = &msi().run;
+    vfio::assert_display(run, "gpu-user", vfio::VIRTIO_GPU);
+    let c = run.case("gpu-user");
+    for (key, want) in [
+        ("uid", "1000:1000:1000:1000"),
+        ("gid", "1000:1000:1000:1000"),
+        ("capeff", "0000000000000000"),
+        ("capprm", "0000000000000000"),
+        ("no_new_privs", "1"),
+        ("other_threads", "0"),
+    ] {
+        c.check(
+            c.l1_marker(key) == Some(want),
+            &format!(
+                "the running zhitong's {key} is {:?}, want {want}",
+                c.l1_marker(key)
+            ),
+        );
+    }
 }
 
 #[test]

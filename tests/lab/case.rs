@@ -49,6 +49,8 @@ pub struct Case {
     args: Vec<String>,
     raw: Option<String>,
     stop: Option<(String, String)>,
+    probe: Option<(String, String)>,
+    env: Vec<(String, String)>,
     pub(crate) guest: Option<Guest>,
     pub(crate) timeout: Duration,
 }
@@ -76,6 +78,8 @@ impl Case {
             args: Vec::new(),
             raw: None,
             stop: None,
+            probe: None,
+            env: Vec::new(),
             guest: None,
             timeout: Duration::from_secs(120),
         }
@@ -159,6 +163,21 @@ impl Case {
         self
     }
 
+    /// Runs the VMM in the background (its console still live) and, once the shell
+    /// condition `ready` holds, runs `script` while it runs on; `$pid` is the VMM's in both.
+    /// E.g. read /proc/$pid/status and print "L1: key=value" lines. The case's status is the
+    /// VMM's; "L1: probe=never-ready" if it ended or 60 s passed first.
+    pub fn probe_when(mut self, ready: &str, script: &str) -> Case {
+        self.probe = Some((ready.into(), script.into()));
+        self
+    }
+
+    /// An environment variable for the VMM (e.g. ZHITONG_TEST_FAULT).
+    pub fn env(mut self, key: &str, value: &str) -> Case {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
     /// Killed (SIGKILL) in L1 after this long; default 120 s.
     pub fn timeout(mut self, t: Duration) -> Case {
         self.timeout = t;
@@ -225,14 +244,16 @@ impl Case {
             }
         };
         argv.extend(self.args.iter().cloned());
-        let command = argv
-            .iter()
-            .map(|a| shell_quote(a))
+        let env = self.env.iter().map(|(k, v)| format!("{k}={v}"));
+        let command = env
+            .chain(argv)
+            .map(|a| shell_quote(&a))
             .collect::<Vec<_>>()
             .join(" ");
-        match &self.stop {
-            Some((signal, text)) => stop_script(&command, signal, text, &self.name),
-            None => command,
+        match (&self.stop, &self.probe) {
+            (Some((signal, text)), _) => stop_script(&command, signal, text, &self.name),
+            (None, Some((ready, script))) => probe_script(&command, ready, script),
+            (None, None) => command,
         }
     }
 }
@@ -258,6 +279,22 @@ fn stop_script(command: &str, signal: &str, text: &str, name: &str) -> String {
          cat {out}; echo\n\
          echo \"L1: stop_ms=$(awk \"BEGIN {{ printf \\\"%d\\\", ($t1 - $t0) * 1000 }}\")\"\n\
          exit $rc"
+    )
+}
+
+/// `command` in the background; `script` runs once `ready` holds.
+fn probe_script(command: &str, ready: &str, script: &str) -> String {
+    format!(
+        "{command} &\n\
+         pid=$!\n\
+         i=0\n\
+         until {ready}; do\n\
+         i=$((i+1))\n\
+         if [ $i -gt 600 ] || ! kill -0 $pid 2>/dev/null; then echo 'L1: probe=never-ready'; break; fi\n\
+         sleep 0.1\n\
+         done\n\
+         {script}\n\
+         wait $pid"
     )
 }
 
@@ -301,6 +338,33 @@ mod tests {
         );
         let c = Case::new("gpu").guest(Guest::new().module("virtio_gpu"));
         assert!(c.command().contains("--initramfs /l2/gpu.img"));
+    }
+
+    #[test]
+    fn env_and_probe() {
+        let c = Case::new("p")
+            .timings(false)
+            .env("ZHITONG_TEST_FAULT", "vcpu-syscall:2000");
+        assert!(
+            c.command()
+                .starts_with("ZHITONG_TEST_FAULT=vcpu-syscall:2000 /bin/zhitong run "),
+            "{}",
+            c.command()
+        );
+        let c = c.probe_when("[ -e /proc/$pid ]", "echo \"L1: uid=$(id -u)\"");
+        let script = c.command();
+        assert!(script.contains("until [ -e /proc/$pid ]; do"), "{script}");
+        assert!(
+            script.contains("echo \"L1: uid=$(id -u)\"\nwait $pid"),
+            "{script}"
+        );
+        let out = std::process::Command::new("sh")
+            .arg("-n")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{script}\n{out:?}");
     }
 
     #[test]

@@ -70,6 +70,15 @@ pub enum Error {
     },
     #[error("the control loop failed: {0}")]
     EventLoop(#[source] event_manager::Error),
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
+    #[error("cannot become user {user}: {step} failed: {source}")]
+    DropUser {
+        user: crate::config::security::User,
+        step: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl Error {

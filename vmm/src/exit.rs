@@ -1,11 +1,13 @@
 //! How a VM ends, and the channel through which vCPUs, devices and the caller say so.
 
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use crate::sync::lock;
 use std::time::Duration;
 
 use vmm_sys_util::eventfd::EventFd;
+
+use crate::seccomp;
 
 /// Why the VM stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +33,9 @@ pub enum VmExit {
     Crashed { vcpu: u8, reason: String },
     /// A VMM thread panicked (a zhitong bug): the VM was ended and everything released.
     Panicked { thread: String, message: String },
+    /// A thread of the VM made a syscall its seccomp filter forbids (or could not install
+    /// its filter). Reported whenever it happened, even after another exit was requested.
+    Seccomp(seccomp::Violation),
 }
 
 impl VmExit {
@@ -55,7 +60,8 @@ impl VmExit {
             VmExit::Stopped { .. }
             | VmExit::BootTimeout(_)
             | VmExit::Crashed { .. }
-            | VmExit::Panicked { .. } => 1,
+            | VmExit::Panicked { .. }
+            | VmExit::Seccomp(_) => 1,
         }
     }
 }
@@ -69,20 +75,45 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic without a message".into())
 }
 
-/// First writer wins: the reason is kept and the event fd is signalled.
+/// First writer wins: the reason is kept and the event fd is signalled. A seccomp violation
+/// (recorded in the VM's policy from a signal handler, which signals the event fd too)
+/// overrides the reason.
 pub struct ExitChannel {
     reason: Mutex<Option<VmExit>>,
     requested: Condvar,
     evt: EventFd,
+    seccomp: Arc<seccomp::Policy>,
 }
 
 impl ExitChannel {
+    /// A channel whose VM installs no seccomp filters.
     pub fn new() -> std::io::Result<Self> {
+        Self::with_seccomp(seccomp::Policy::off())
+    }
+
+    /// A channel whose VM's threads install `policy`'s filters and report violations here.
+    pub fn with_seccomp(policy: seccomp::Policy) -> std::io::Result<Self> {
+        let evt = EventFd::new(libc::EFD_NONBLOCK)?;
         Ok(Self {
             reason: Mutex::new(None),
             requested: Condvar::new(),
-            evt: EventFd::new(libc::EFD_NONBLOCK)?,
+            seccomp: Arc::new(policy.wake_with(evt.try_clone()?)),
+            evt,
         })
+    }
+
+    /// The policy the VM's threads pass to `seccomp::apply`.
+    pub fn seccomp(&self) -> &Arc<seccomp::Policy> {
+        &self.seccomp
+    }
+
+    /// How the VM ended: a seccomp violation if there was one (even one made while tearing
+    /// down, after `outcome` was decided), else `outcome`.
+    pub fn outcome(&self, outcome: crate::Result<VmExit>) -> crate::Result<VmExit> {
+        match self.seccomp.violation() {
+            Some(v) => Ok(VmExit::Seccomp(v)),
+            None => outcome,
+        }
     }
 
     pub fn request(&self, exit: VmExit) {
@@ -106,6 +137,11 @@ impl ExitChannel {
     }
 
     pub fn reason(&self) -> Option<VmExit> {
+        if let Some(v) = self.seccomp.violation() {
+            // Make it the recorded reason too, so that waiters (timers) wake.
+            self.request(VmExit::Seccomp(v.clone()));
+            return Some(VmExit::Seccomp(v));
+        }
         lock(&self.reason).clone()
     }
 
@@ -139,6 +175,40 @@ mod tests {
         let t = std::thread::spawn(move || other.request(VmExit::Reset));
         assert!(ch.wait_timeout(Duration::from_secs(5)));
         t.join().unwrap();
+    }
+
+    /// A violation on one of the VM's threads wakes the loop and becomes the exit, even
+    /// over a reason requested before it.
+    #[test]
+    fn a_seccomp_violation_overrides_the_reason() {
+        let policy = seccomp::Policy::new(seccomp::SeccompMode::On).unwrap();
+        let ch = std::sync::Arc::new(ExitChannel::with_seccomp(policy).unwrap());
+        ch.request(VmExit::Poweroff);
+        let _ = ch.event_fd().read();
+        let thread = ch.clone();
+        std::thread::Builder::new()
+            .name("vcpu7".into())
+            .spawn(move || {
+                seccomp::apply(seccomp::ThreadKind::Vcpu, thread.seccomp()).unwrap();
+                // SAFETY: socket(2) takes no pointers; the vCPU filter refuses it.
+                assert_eq!(
+                    unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) },
+                    -1
+                );
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(ch.event_fd().read().unwrap(), 1, "the loop is woken");
+        let Some(VmExit::Seccomp(v)) = ch.reason() else {
+            panic!("{:?}", ch.reason())
+        };
+        assert_eq!(v.thread, "vcpu7");
+        assert_eq!(
+            ch.outcome(Ok(VmExit::Poweroff)).unwrap(),
+            VmExit::Seccomp(v.clone())
+        );
+        assert_eq!(VmExit::Seccomp(v).exit_status(), 1);
     }
 
     #[test]

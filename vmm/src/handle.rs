@@ -9,6 +9,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::{Error, Result};
 use crate::exit::{ExitChannel, VmExit};
+use crate::seccomp::{self, ThreadKind};
 use crate::sync::lock;
 use crate::timeline::Timeline;
 use crate::vcpu::VcpuSet;
@@ -135,6 +136,9 @@ impl VmShared {
     /// The timer thread: wait for the deadline, which requests may move, or for the VM to
     /// stop by itself.
     fn run_shutdown_timer(&self) {
+        if seccomp::apply(ThreadKind::Timer, self.exit.seccomp()).is_err() {
+            return; // the violation is recorded: the VM ends with it
+        }
         let timer = &self.shutdown_timer;
         let mut state = lock(&timer.state);
         while !state.vm_stopped {
@@ -255,6 +259,13 @@ impl VmHandle {
     /// reports `VmExit::Signal`, whose `exit_status` is 128 + `signal`.
     pub fn stop_for_signal(&self, signal: i32) {
         self.shared.exit.request(VmExit::Signal { signal });
+    }
+
+    /// Install `kind`'s seccomp filter on the calling thread, a thread of the caller's own
+    /// that serves this VM (an API server, a signal thread); a syscall it forbids ends this
+    /// VM. Nothing happens when the VM's `security.seccomp` is off.
+    pub fn confine(&self, kind: ThreadKind) -> std::result::Result<(), seccomp::SeccompError> {
+        seccomp::apply(kind, self.shared.exit.seccomp())
     }
 
     /// Wait for the VM to end and everything it held to be released. Only the first call

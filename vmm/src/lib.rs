@@ -46,6 +46,8 @@ mod handle;
 mod interrupts;
 mod kvm;
 mod memory;
+mod privileges;
+pub mod seccomp;
 mod slots;
 mod sync;
 pub mod timeline;

@@ -9,16 +9,17 @@ use std::time::Instant;
 use arch::acpi::PciHostConfig;
 use arch::pci_windows::{guest_phys_bits, PciWindows};
 
-use crate::config::{host_ram_bytes, VmConfig};
+use crate::config::{host_ram_bytes, ConfigError, VmConfig};
 use crate::console::Console;
 use crate::control::{run_until_exit, ControlInputs};
 use crate::device_manager::{DeviceManager, SlotRange};
 use crate::error::{Error, Result};
 use crate::exit::{panic_message, ExitChannel, VmExit};
 use crate::handle::{VmHandle, VmShared, VmState};
+use crate::seccomp::{self, ThreadKind};
 use crate::timeline::{Milestone, Timeline};
 use crate::vcpu::{self, RunGate, RunningVcpus, VcpuShared};
-use crate::{guest_boot, kvm, memory};
+use crate::{guest_boot, kvm, memory, privileges};
 use host::preflight::{check_devices, check_guest_fits, CheckedDevice};
 use host::Host;
 
@@ -49,6 +50,9 @@ impl Vm {
         start: Instant,
     ) -> Result<Self> {
         config.validate(host_ram_bytes())?;
+        // SAFETY: geteuid takes nothing and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        config.security.validate(euid).map_err(ConfigError::from)?;
         boot::check_kernel_file(&config.kernel.path)?;
         if let Some(path) = &config.kernel.initramfs {
             let unreadable = |source| boot::BootError::InitramfsUnreadable {
@@ -64,11 +68,13 @@ impl Vm {
         }
         boot::build_cmdline(&config.kernel.cmdline)?;
         let passthrough = preflight(host, &config)?;
+        let seccomp = seccomp::Policy::new(config.security.seccomp)?;
+        let exit = ExitChannel::with_seccomp(seccomp).map_err(Error::io("the exit event"))?;
         Ok(Self {
             config,
             passthrough,
             console,
-            exit: Arc::new(ExitChannel::new().map_err(Error::io("the exit event"))?),
+            exit: Arc::new(exit),
             timeline: Arc::new(Timeline::new(start)),
         })
     }
@@ -86,6 +92,9 @@ impl Vm {
             exit,
             timeline,
         } = self;
+        if let Some(user) = config.security.user {
+            privileges::forbid_new_privileges(user)?;
+        }
         if let Some(limit) = config.timeout {
             start_run_timer(&exit, limit)?;
         }
@@ -105,6 +114,7 @@ impl Vm {
                         message: panic_message(panic.as_ref()),
                     })
                 });
+                let result = vm_shared.exit.outcome(result);
                 vm_shared.timeline.mark(Milestone::Exit);
                 vm_shared.set_state(VmState::Stopped);
                 result
@@ -141,6 +151,9 @@ fn start_run_timer(exit: &Arc<ExitChannel>, limit: std::time::Duration) -> Resul
     std::thread::Builder::new()
         .name("run-timer".into())
         .spawn(move || {
+            if seccomp::apply(ThreadKind::Timer, exit.seccomp()).is_err() {
+                return;
+            }
             if !exit.wait_timeout(limit) {
                 exit.request(VmExit::Timeout(limit));
             }
@@ -189,6 +202,10 @@ fn run_vm(
         return Err(Error::io("the vCPUs")(injected));
     }
     let control = ControlInputs::new(console.input, devices.platform(), config.boot_timeout)?;
+    // Everything that needs root is open; the guest runs as the unprivileged user.
+    if let Some(user) = config.security.user {
+        privileges::drop_to(user)?;
+    }
 
     let vcpus = vcpu::create_all(&vm, &cpuid, machine.vcpus, &mem, entry)?;
     let running = RunningVcpus::start(
@@ -203,6 +220,8 @@ fn run_vm(
     let _ = shared.vcpus.set(running.set());
     shared.set_state(VmState::Running);
 
+    // The control loop and the teardown run confined; setting up needed no filter.
+    seccomp::apply(ThreadKind::Vm, exit.seccomp())?;
     let outcome = run_until_exit(exit, control);
     // Stop the vCPUs before taking the state lock: a pause holding it while it waits for a
     // vCPU to park gives up once the vCPUs stop.

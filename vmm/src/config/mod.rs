@@ -1,6 +1,7 @@
 //! What a VM is made of, one struct per concern, and the checks that need no KVM.
 
 pub mod file;
+pub mod security;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use arch::layout::{MAX_MEMORY, MAX_VCPUS, MIN_MEMORY};
 use arch::units::{format_size, UnitError};
 use devices::pci::address::{MAX_DEVICES, MAX_FUNCTIONS};
 use devices::pci::Bdf;
+pub use security::{SecurityConfig, SecurityError};
 
 /// The guest kernel and how it is started.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +71,9 @@ pub struct VmConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<Duration>,
+    /// seccomp and the user to run the guest as (`zhitong run --seccomp`, `--user`).
+    #[serde(default, skip_serializing_if = "SecurityConfig::is_default")]
+    pub security: SecurityConfig,
 }
 
 /// How long a guest may stay silent at boot before the run fails.
@@ -91,6 +96,7 @@ impl VmConfig {
             devices: Vec::new(),
             boot_timeout: default_boot_timeout(),
             timeout: None,
+            security: SecurityConfig::default(),
         }
     }
 
@@ -163,6 +169,8 @@ pub enum ConfigError {
     File { path: String, reason: String },
     #[error("no kernel given; set kernel.path")]
     NoKernel,
+    #[error(transparent)]
+    Security(#[from] SecurityError),
 }
 
 /// Guest PCI slots for passed-through devices: bus 0 only (no bridges), slot 0 is the host

@@ -163,6 +163,9 @@ fn port_out(bus: &Bus, port: u16, data: &[u8], size: usize) -> bool {
 
 /// Run until the VM stops; returns the exit this vCPU caused, if any.
 fn run_loop(vcpu: &mut VcpuFd, id: u8, s: &VcpuShared) -> std::result::Result<(), VmExit> {
+    if crate::seccomp::apply(crate::seccomp::ThreadKind::Vcpu, s.exit.seccomp()).is_err() {
+        return Ok(()); // recorded as the VM's exit
+    }
     let mut stats = ExitStats::default();
     let result = run_exits(vcpu, id, s, &mut stats);
     stats.log(id);

@@ -7,6 +7,7 @@ use arch::units::{parse_duration, parse_size};
 use clap::{Args, Parser, Subcommand};
 use devices::pci::Bdf;
 use vmm::config::parse_vcpus;
+use vmm::config::security::SeccompMode;
 use vmm::config::ConfigError;
 use vmm::VmConfig;
 
@@ -180,6 +181,14 @@ pub struct RunArgs {
     /// Prefix each line in the --console-log file with "[   12.345] ", seconds since start.
     #[arg(long, requires = "console_log")]
     pub console_timestamps: bool,
+    /// Each thread's seccomp filter: on (a forbidden syscall stops the VM), off, or log
+    /// (allowed, and logged by the kernel) [default: on].
+    #[arg(long, value_name = "on|off|log", value_parser = parse_seccomp_arg)]
+    pub seccomp: Option<SeccompMode>,
+    /// Become this user (numbers: UID or UID:GID) once the devices are open, before the
+    /// guest runs. zhitong must start as root.
+    #[arg(long, value_name = "UID[:GID]")]
+    pub user: Option<String>,
 }
 
 fn parse_device_arg(s: &str) -> Result<Bdf, String> {
@@ -192,6 +201,10 @@ fn parse_size_arg(s: &str) -> Result<u64, String> {
 
 fn parse_vcpus_arg(s: &str) -> Result<u8, String> {
     parse_vcpus(s).map_err(|e| crate::flag_errors::message(&e.into()))
+}
+
+fn parse_seccomp_arg(s: &str) -> Result<SeccompMode, String> {
+    s.parse()
 }
 
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
@@ -230,11 +243,19 @@ impl RunArgs {
         if let Some(limit) = self.timeout {
             cfg.timeout = (!limit.is_zero()).then_some(limit);
         }
+        if let Some(mode) = self.seccomp {
+            cfg.security.seccomp = mode;
+        }
+        if let Some(user) = &self.user {
+            cfg.security.user = Some(user.parse()?);
+        }
         Ok(cfg)
     }
 }
 
 /// What parsing the command line led to.
+// Made once per process, so the size of `Run` does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Parsed {
     Run(Cli),
@@ -392,6 +413,29 @@ mod tests {
             assert!(!msg.contains('\n'), "not one line: {msg}");
             assert!(msg.contains(needle), "{msg:?} lacks {needle:?}");
         }
+    }
+
+    #[test]
+    fn security_flags() {
+        let config = |extra: &[&str]| match run_args(extra) {
+            Parsed::Run(Cli {
+                command: Command::Run(args),
+            }) => args.to_config(),
+            other => panic!("{other:?}"),
+        };
+        let cfg = config(&["--seccomp", "log", "--user", "1000:100"]).unwrap();
+        assert_eq!(cfg.security.seccomp, SeccompMode::Log);
+        assert_eq!(cfg.security.user.map(|u| (u.uid, u.gid)), Some((1000, 100)));
+        assert_eq!(config(&[]).unwrap().security, Default::default());
+        for (user, needle) in [
+            ("nobody", "id -u NAME"),
+            ("1000:x", "UID:GID"),
+            ("0", "root"),
+        ] {
+            let msg = crate::flag_errors::message(&config(&["--user", user]).unwrap_err().into());
+            assert!(msg.starts_with("--user ") && msg.contains(needle), "{msg}");
+        }
+        assert!(usage(run_args(&["--seccomp", "yes"])).contains("on, off or log"));
     }
 
     #[test]

@@ -55,6 +55,7 @@ fn config_message(e: &ConfigError) -> String {
         ConfigError::NoKernel => {
             "no kernel given; pass --kernel PATH or set kernel.path in the --config file".into()
         }
+        ConfigError::Security(e) => e.worded("--user"),
         // Already in the words of the value or the file.
         ConfigError::Unit(_) | ConfigError::File { .. } => e.to_string(),
     }

@@ -48,6 +48,7 @@ use std::time::{Duration, Instant};
 
 use cli::{Command, Parsed, RunArgs};
 use vmm::api::ApiServer;
+use vmm::seccomp::ThreadKind;
 use vmm::{Console, Vm, VmConfig, VmExit, VmHandle, VmState};
 
 fn main() {
@@ -147,8 +148,12 @@ fn run(args: &RunArgs, start: Instant) -> i32 {
     let raw_terminal = terminal::RawMode::enter_if_tty();
     let result = vm.start().map(Arc::new).and_then(|handle| {
         // A signal that came before this is still pending (blocked): the signal thread gets it.
-        let for_signals = handle.clone();
-        signals::forward_to(signals, move |signal| for_signals.stop_for_signal(signal));
+        let (for_signals, confine) = (handle.clone(), handle.clone());
+        signals::forward_to(
+            signals,
+            move || drop(confine.confine(ThreadKind::Signals)),
+            move |signal| for_signals.stop_for_signal(signal),
+        );
         match &api_server {
             None => handle.wait(),
             Some((server, config)) => run_with_api(&handle, server, config),
@@ -176,7 +181,11 @@ fn run_with_api(handle: &VmHandle, server: &ApiServer, config: &VmConfig) -> vmm
     std::thread::scope(|s| {
         let serving = std::thread::Builder::new()
             .name("api".into())
-            .spawn_scoped(s, || server.serve(handle, config));
+            .spawn_scoped(s, || {
+                if handle.confine(ThreadKind::Api).is_ok() {
+                    server.serve(handle, config)
+                }
+            });
         if let Err(e) = serving {
             log::warn!(
                 "no API thread ({e}); {} is not served",
@@ -214,6 +223,7 @@ fn report_exit(exit: &VmExit) -> i32 {
         VmExit::Panicked { thread, message } => eprintln!(
             "zhitong: the {thread} thread panicked: {message}; the VM was stopped and its devices released (a zhitong bug: please report it)"
         ),
+        VmExit::Seccomp(violation) => eprintln!("zhitong: {violation}"),
     }
     exit.exit_status()
 }

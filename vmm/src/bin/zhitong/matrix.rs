@@ -126,6 +126,7 @@ pub fn parse(text: &str, dir: &Path) -> Result<Vec<MatrixCase>, String> {
                 },
                 boot_timeout: c.boot_timeout,
                 timeout: c.timeout.or(file.timeout),
+                security: Default::default(),
             },
         });
     }

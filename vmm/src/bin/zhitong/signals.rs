@@ -25,18 +25,26 @@ pub fn block_stop_signals() -> io::Result<BlockedSignals> {
     }
 }
 
-/// Wait for a stop signal on a thread of its own and call `stop` with its number.
-pub fn forward_to(signals: BlockedSignals, stop: impl Fn(libc::c_int) + Send + 'static) {
+/// Wait for a stop signal on a thread of its own and call `stop` with its number; that
+/// thread first calls `confine` (which installs its seccomp filter).
+pub fn forward_to(
+    signals: BlockedSignals,
+    confine: impl FnOnce() + Send + 'static,
+    stop: impl Fn(libc::c_int) + Send + 'static,
+) {
     let set = signals.0;
     let spawned = std::thread::Builder::new()
         .name("signals".into())
-        .spawn(move || loop {
-            let mut sig: libc::c_int = 0;
-            // SAFETY: `set` is a valid signal set and `sig` a valid out pointer.
-            if unsafe { libc::sigwait(&set, &mut sig) } == 0
-                && STOP_SIGNALS.iter().any(|(s, _)| *s == sig)
-            {
-                stop(sig);
+        .spawn(move || {
+            confine();
+            loop {
+                let mut sig: libc::c_int = 0;
+                // SAFETY: `set` is a valid signal set and `sig` a valid out pointer.
+                if unsafe { libc::sigwait(&set, &mut sig) } == 0
+                    && STOP_SIGNALS.iter().any(|(s, _)| *s == sig)
+                {
+                    stop(sig);
+                }
             }
         });
     if let Err(e) = spawned {
