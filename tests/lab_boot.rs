@@ -70,10 +70,11 @@ int main(int argc, char **argv) {
     int fd = open("/dev/mem", O_RDONLY | O_SYNC);
     if (fd < 0) { perror("L2: open /dev/mem"); return 1; }
     for (long done = 0; done < pages; done += chunk) {
-        volatile unsigned char *p = mmap(0, chunk * 4096, PROT_READ, MAP_SHARED, fd, base + done * 4096);
+        long n = pages - done < chunk ? pages - done : chunk;
+        volatile unsigned char *p = mmap(0, n * 4096, PROT_READ, MAP_SHARED, fd, base + done * 4096);
         if (p == MAP_FAILED) { perror("L2: mmap /dev/mem"); return 1; }
-        for (long i = 0; i < chunk; i++) sum += p[i * 4096];
-        munmap((void *)p, chunk * 4096);
+        for (long i = 0; i < n; i++) sum += p[i * 4096];
+        munmap((void *)p, n * 4096);
     }
     printf("L2: touched=%ld sum=%lu\n", pages, sum);
     return 0;
