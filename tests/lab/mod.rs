@@ -152,7 +152,7 @@ impl Lab {
             l1_lines: Vec::new(),
             files: Vec::new(),
             bind: Vec::new(),
-            retries: 1,
+            retries: 2,
             before_boot: None,
         })
     }
@@ -169,7 +169,7 @@ impl Lab {
         self
     }
 
-    /// How many times L0 is booted again after a hang (default 1; see L0::stall).
+    /// How many times L0 is booted again after a hang (default 2; see L0::stall).
     pub fn retries(mut self, n: u32) -> Lab {
         self.retries = n;
         self
