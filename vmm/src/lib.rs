@@ -45,6 +45,7 @@ mod guest_boot;
 mod handle;
 mod interrupts;
 mod kvm;
+pub mod matrix;
 mod memory;
 mod slots;
 pub mod timeline;

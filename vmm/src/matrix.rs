@@ -14,15 +14,17 @@
 //! machine = { vcpus = 2, memory = "1G" }
 //! ```
 //!
-//! Relative kernel and initramfs paths are taken from the matrix file's directory.
+//! Relative kernel and initramfs paths are taken from the matrix file's directory. This is
+//! the pure parser (the fuzz targets call it); `zhitong test` reads the file and runs the
+//! cases.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
+use crate::config::{file, KernelConfig, MachineConfig, DEFAULT_BOOT_TIMEOUT};
+use crate::VmConfig;
 use devices::pci::Bdf;
 use serde::Deserialize;
-use vmm::config::{file, KernelConfig, MachineConfig, DEFAULT_BOOT_TIMEOUT};
-use vmm::VmConfig;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,18 +66,6 @@ pub struct MatrixCase {
     pub expect: u8,
     /// The VM; its `timeout` is the case's time limit.
     pub config: VmConfig,
-}
-
-/// Read a matrix file; the error is one line naming the file, the line and the problem.
-pub fn load(path: &Path) -> Result<Vec<MatrixCase>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        format!(
-            "cannot read the matrix {}: {e}; check the path given to zhitong test",
-            path.display()
-        )
-    })?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    parse(&text, dir).map_err(|e| format!("matrix {}: {e}", path.display()))
 }
 
 /// Parse matrix text; relative paths are resolved against `dir`.
@@ -132,11 +122,6 @@ pub fn parse(text: &str, dir: &Path) -> Result<Vec<MatrixCase>, String> {
     Ok(cases)
 }
 
-/// The file a case's console goes to.
-pub fn log_path(dir: &Path, case: &MatrixCase) -> PathBuf {
-    dir.join(format!("{}.log", case.name))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,10 +170,6 @@ path = "vmlinuz"
             (b.config.machine.vcpus, b.config.machine.memory_bytes),
             (2, 1 << 30)
         );
-        assert_eq!(
-            log_path(Path::new("/logs"), b),
-            Path::new("/logs/exit-3.log")
-        );
     }
 
     #[test]
@@ -234,7 +215,5 @@ path = "vmlinuz"
                 assert!(err.contains(n), "{text:?}: {err:?} lacks {n:?}");
             }
         }
-        let err = load(Path::new("/nonexistent/m.toml")).unwrap_err();
-        assert!(err.contains("/nonexistent/m.toml"), "{err}");
     }
 }
