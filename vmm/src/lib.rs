@@ -45,6 +45,7 @@ mod guest_boot;
 mod handle;
 mod interrupts;
 mod kvm;
+pub mod matrix;
 mod memory;
 mod privileges;
 pub mod seccomp;

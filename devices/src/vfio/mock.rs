@@ -1,5 +1,5 @@
-//! In-memory stand-ins for tests: a VFIO device with a realistic config space, and
-//! recording `InterruptRouter`/`MemoryMapper`s.
+//! In-memory stand-ins for tests (and, with the `mock` feature, the fuzz targets): a VFIO
+//! device with a realistic config space, and recording `InterruptRouter`/`MemoryMapper`s.
 //!
 //! The device: vendor 0x10de, capabilities PM (0x40) -> MSI (0x50; 64-bit, per-vector
 //! masking, 8 vectors) -> MSI-X (0x70; 16 vectors, table in BAR 2 at 0xa0000, PBA at

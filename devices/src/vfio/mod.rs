@@ -29,8 +29,8 @@ mod msi;
 mod msix;
 mod vectors;
 
-#[cfg(test)]
-mod mock;
+#[cfg(any(test, feature = "mock"))]
+pub mod mock;
 #[cfg(test)]
 mod tests;
 
@@ -41,6 +41,14 @@ pub use backend::{
 pub use device::VfioPciDevice;
 pub use error::{BackendError, VfioPciError};
 pub use mapping::DeviceMapping;
+
+/// The MSI-X table/PBA emulation without a device around it, for the fuzz targets.
+#[cfg(feature = "mock")]
+pub mod msix_parts {
+    pub use super::bars::TrapRange;
+    pub use super::msix::{Msix, CAP_LEN};
+    pub use super::vectors::IrqCtx;
+}
 
 impl VfioPciDevice {
     /// [`VfioPciDevice::new`] over an opened `vfio_ioctls::VfioDevice`.

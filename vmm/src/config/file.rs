@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serializer};
 
-use arch::units::{format_size, parse_duration, parse_size};
+use arch::units::{format_size, parse_duration, parse_size, UnitError};
 
 use super::{ConfigError, VmConfig};
 
@@ -79,7 +79,10 @@ pub fn parse(text: &str, toml_format: bool) -> Result<VmConfig, String> {
     if toml_format {
         toml::from_str(text).map_err(|e| e.message().replace('\n', " "))
     } else {
-        serde_json::from_str(text).map_err(|e| e.to_string())
+        // serde_json's messages are one line, but quote the file's strings (field names
+        // included) with their line breaks decoded: write them back as JSON escapes.
+        serde_json::from_str(text)
+            .map_err(|e| e.to_string().replace('\n', "\\n").replace('\r', "\\r"))
     }
 }
 
@@ -118,7 +121,12 @@ pub mod duration {
     /// "0" (or 0) means no limit.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let d = match NumberOrText::deserialize(d)? {
-            NumberOrText::Number(n) => Duration::from_secs(n),
+            // Whole milliseconds, as text durations are, so that `serialize` can write any
+            // duration this accepts.
+            NumberOrText::Number(n) => n
+                .checked_mul(1000)
+                .map(Duration::from_millis)
+                .ok_or_else(|| serde::de::Error::custom(UnitError::BadDuration(n.to_string())))?,
             NumberOrText::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom)?,
         };
         Ok((!d.is_zero()).then_some(d))
@@ -189,6 +197,36 @@ mod tests {
         let text = serde_json::to_string(&cfg).unwrap();
         assert!(text.contains("\"memory\":\"3G\""), "{text}");
         assert_eq!(parse(&text, false).unwrap(), cfg);
+    }
+
+    /// Found by the vm_config fuzz target: a number of seconds beyond u64 milliseconds
+    /// parsed, but its "<ms>ms" serialization (GET /vm shows it) did not read back.
+    #[test]
+    fn durations_read_back_whatever_their_size() {
+        let text = "boot_timeout = 18446744073709551615\n[kernel]\npath = \"/k\"\n";
+        let err = parse(text, true).unwrap_err();
+        assert!(
+            err.contains("invalid duration '18446744073709551615'"),
+            "{err}"
+        );
+        let most = u64::MAX / 1000;
+        let cfg = parse(
+            &format!("boot_timeout = {most}\n[kernel]\npath = \"/k\"\n"),
+            true,
+        )
+        .unwrap();
+        assert_eq!(cfg.boot_timeout, Some(Duration::from_secs(most)));
+        let json = serde_json::to_string(&cfg).unwrap();
+        assert_eq!(parse(&json, false).unwrap(), cfg);
+    }
+
+    /// The vm_config fuzz target's one-line check: a JSON field name with a line break made
+    /// the error two lines.
+    #[test]
+    fn json_errors_stay_one_line() {
+        let err = parse(r#"{"kernel": {"path": "/k"}, "a\nb\rc": 1}"#, false).unwrap_err();
+        assert!(err.contains(r"unknown field `a\nb\rc`"), "{err}");
+        assert!(!err.contains(['\n', '\r']), "{err}");
     }
 
     #[test]
