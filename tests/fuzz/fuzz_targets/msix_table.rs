@@ -64,16 +64,24 @@ impl Model {
         i < self.active && self.fired[i] && !self.delivering(i)
     }
 
-    /// What `Msix::apply` should do, given the vectors VFIO offers.
+    /// What `Msix::apply` should do, given the vectors VFIO offers: host vectors up to the
+    /// highest unmasked entry (at least one), grown as the guest unmasks more, kept (with
+    /// what fired on them) while MSI-X stays on.
     fn apply(&mut self, vfio_count: usize) {
         if !self.enabled {
             self.active = 0;
             self.failed = false;
-        } else if self.active == 0 && !self.failed {
-            let count = self.entries.len().min(vfio_count);
-            self.failed = count == 0;
-            self.active = count;
-            self.fired = vec![false; count];
+            return;
+        }
+        let usable = self.entries.len().min(vfio_count);
+        let needed = self.entries[..usable]
+            .iter()
+            .rposition(|e| e[3] & 1 == 0)
+            .map_or(1, |i| i + 1)
+            .min(usable);
+        if self.active < needed && !self.failed {
+            self.active = needed;
+            self.fired.resize(needed, false);
         }
     }
 }
@@ -155,7 +163,11 @@ fuzz_target!(|data: &[u8]| {
     for op in ops(rest) {
         match op.kind % 4 {
             0 => config_write(&mut msix, &mut model, &ctx, op, vfio_count),
-            1 | 2 => bar_access(&mut msix, &mut model, &ctx, op, (table, pba)),
+            1 | 2 => {
+                bar_access(&mut msix, &mut model, &ctx, op, (table, pba));
+                // Unmasking an entry past the enabled vectors grows them.
+                model.apply(vfio_count);
+            }
             _ => {
                 let i = op.value as usize % model.active.max(1);
                 let state = backend.state();
