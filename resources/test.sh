@@ -10,5 +10,3 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 resources/lab/setup.sh
 cargo build --release -p vmm --features test-faults
 cargo test --workspace "$@"
-# Fuzz smoke: every fuzz target for a few thousand inputs from its seed corpus (nightly).
-resources/fuzz.sh
