@@ -358,13 +358,7 @@ mod tests {
             script.contains("echo \"L1: uid=$(id -u)\"\nwait $pid"),
             "{script}"
         );
-        let out = std::process::Command::new("sh")
-            .arg("-n")
-            .arg("-c")
-            .arg(&script)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{script}\n{out:?}");
+        assert_shell_syntax(&script);
     }
 
     #[test]
@@ -377,10 +371,15 @@ mod tests {
             "{script}"
         );
         assert!(script.contains("kill -TERM $pid"), "{script}");
+        assert_shell_syntax(&script);
+    }
+
+    /// `sh -n` accepts `script`.
+    fn assert_shell_syntax(script: &str) {
         let out = std::process::Command::new("sh")
             .arg("-n")
             .arg("-c")
-            .arg(&script)
+            .arg(script)
             .output()
             .unwrap();
         assert!(out.status.success(), "{script}\n{out:?}");
