@@ -111,6 +111,7 @@ const BAR_WR: u8 = 6;
 const RAW_RD: u8 = 7;
 const SIZE_BAR: u8 = 8;
 const FIRE: u8 = 9;
+const FAIL: u8 = 10;
 /// ECAM address bit 28: the register of 00:01.0.
 const DEV: u32 = 1 << 28;
 
@@ -235,6 +236,20 @@ fn pci_config() {
         Op::new(FIRE, 8, 0, 0),
     ];
     write(t, "msi-enable", &encode(&[], &msi));
+
+    // The VMM runs out of KVM slots and GSIs while the guest moves a BAR and enables MSI-X.
+    let fail = [
+        Op::new(FAIL, 8, 0, 3),
+        ecam_wr(0x04, 2, 0x0006),
+        ecam_wr(0x10, 4, 0xc400_0000),
+        ecam_wr(0x72, 2, 0x8000),
+        bar(BAR_WR, 2, 0xa_000c, 4, 0),
+        Op::new(FAIL, 8, 0, 0),
+        bar(BAR_WR, 2, 0xa_0000, 4, 0xfee0_0000),
+        ecam_wr(0x10, 4, 0xc500_0000),
+        ecam_wr(0x72, 2, 0),
+    ];
+    write(t, "services-fail", &encode(&[], &fail));
 
     let raw: Vec<Op> = [
         0xfec0_0000u32,

@@ -9,7 +9,8 @@
 //! the same request; every response (to a request or to garbage) has a status line with a
 //! known status, a correct Content-Length, header values without line breaks, and a JSON
 //! body, an error's being one line "cause; fix"; the status follows from the route table and
-//! the VM's state, and a refused request leaves the VM as it was.
+//! the VM's state, and a refused request leaves the VM as it was; GET /vm's config reads
+//! back.
 
 #![no_main]
 
@@ -204,5 +205,11 @@ fuzz_target!(|data: &[u8]| {
     }
     if r.status >= 400 {
         assert_eq!(vm.state(), state);
+    }
+    if r.status == 200 && req.path == "/vm" {
+        // GET /vm shows the config as a config file has it: it reads back.
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        let shown: VmConfig = serde_json::from_value(body["config"].clone()).unwrap();
+        assert_eq!(shown, config);
     }
 });

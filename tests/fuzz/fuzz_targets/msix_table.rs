@@ -121,7 +121,8 @@ fuzz_target!(|data: &[u8]| {
     let vfio_count = usize::from(header[12]);
 
     // Only the interrupt side of the mock device is used: no regions to allocate.
-    let info = IrqInfo::from_flags(vfio_count as u32, 1 | 8); // EVENTFD | NORESIZE, as VFIO has MSI-X
+    // EVENTFD | NORESIZE, as VFIO reports MSI-X.
+    let info = IrqInfo::from_flags(vfio_count as u32, 1 | 8);
     let backend = MockBackend(Arc::new(Mutex::new(MockState {
         regions: BTreeMap::new(),
         irqs: HashMap::from([(IrqIndex::Msix, info)]),

@@ -10,7 +10,8 @@
 //! failing (no KVM slot left, no GSI left).
 //!
 //! Checked after every op: absent functions and refused accesses read all-ones, as do
-//! unclaimed bus ranges; BAR sizing reads back the size mask; every KVM memory slot lies
+//! unclaimed bus ranges; BAR sizing reads back the size mask, and the BAR registers hold the
+//! addresses the root decodes; the host bridge's IDs never change; every KVM memory slot lies
 //! inside a BAR that decodes there now (none left behind by a move or a decode toggle) and
 //! slots never overlap; vector irqfds exist only while the guest has MSI or MSI-X on, INTx's
 //! only while it has neither, each on an allocated, routed GSI. At the end, dropping the
@@ -40,6 +41,8 @@ struct Machine {
     backend: MockBackend,
     router: Arc<MockRouter>,
     mapper: Arc<MockMapper>,
+    /// The host bridge's vendor and device ID: read-only.
+    bridge_id: u32,
 }
 
 impl Machine {
@@ -71,7 +74,10 @@ impl Machine {
         .unwrap();
         root.add_device(Some(DEV.device), DEV.function, Arc::new(Mutex::new(dev)))
             .unwrap();
+        let mut id = [0u8; 4];
+        root.config_read(Bdf::root_bus(0, 0), 0, &mut id);
         Self {
+            bridge_id: u32::from_le_bytes(id),
             pio,
             mmio,
             root,
@@ -114,12 +120,7 @@ impl Machine {
 
     /// Size BAR register `index` (6: the ROM) through ECAM and check the mask it reads.
     fn size_bar(&self, index: u8) {
-        let reg = if index == ROM_BAR_INDEX {
-            0x30
-        } else {
-            0x10 + 4 * u64::from(index)
-        };
-        let at = (1 << 15) | reg;
+        let at = (1 << 15) | u64::from(bar_register(index));
         let mut old = [0u8; 4];
         self.ecam(at, &mut old, false);
         self.ecam(at, &mut [0xff; 4], true);
@@ -130,12 +131,8 @@ impl Machine {
         let bars = self.bars();
         let mask = |b: &Bar| !(b.size - 1);
         let (got, want) = if let Some(b) = bars.iter().find(|b| b.index == index) {
-            let addr_bits = match b.kind {
-                BarKind::Io => !0x3,
-                BarKind::Mem32 | BarKind::Mem64 => !0xf,
-                BarKind::Rom => !0x7ff,
-            };
-            (got & addr_bits, mask(b) as u32 & addr_bits)
+            let bits = addr_bits(b.kind);
+            (got & bits, mask(b) as u32 & bits)
         } else {
             // The upper half of a 64-bit BAR, or no BAR at all (reads 0).
             let lower = bars
@@ -147,6 +144,21 @@ impl Machine {
     }
 
     fn check(&self) {
+        let mut id = [0u8; 4];
+        self.root.config_read(Bdf::root_bus(0, 0), 0, &mut id);
+        assert_eq!(
+            u32::from_le_bytes(id),
+            self.bridge_id,
+            "the host bridge's IDs"
+        );
+        // The BAR registers say where the BARs are, as `bars()` does.
+        for b in self.bars() {
+            let (reg, bits) = (bar_register(b.index), addr_bits(b.kind));
+            assert_eq!(self.config_u32(reg) & bits, b.addr as u32 & bits, "{b:x?}");
+            if b.kind == BarKind::Mem64 {
+                assert_eq!(self.config_u32(reg + 4), (b.addr >> 32) as u32, "{b:x?}");
+            }
+        }
         let bars: Vec<Bar> = self.bars().into_iter().filter(|b| b.decoding).collect();
         let slots = self.mapper.ranges();
         for (i, &(gpa, size)) in slots.iter().enumerate() {
@@ -195,6 +207,24 @@ impl Machine {
         {
             evt.write(1).unwrap();
         }
+    }
+}
+
+/// The config offset of BAR `index` (6: the ROM BAR).
+fn bar_register(index: u8) -> u16 {
+    if index == ROM_BAR_INDEX {
+        0x30
+    } else {
+        0x10 + 4 * u16::from(index)
+    }
+}
+
+/// The address bits of a BAR register's low dword.
+fn addr_bits(kind: BarKind) -> u32 {
+    match kind {
+        BarKind::Io => !0x3,
+        BarKind::Mem32 | BarKind::Mem64 => !0xf,
+        BarKind::Rom => !0x7ff,
     }
 }
 

@@ -103,7 +103,8 @@ fn bad(line: &str) -> ReadError {
     ReadError::Reply(Response::error(400, line))
 }
 
-/// Read one request. Never reads more than `MAX_HEAD + MAX_BODY` bytes.
+/// Read one request. Never reads more than `MAX_HEAD + MAX_BODY` bytes and the blank line
+/// that ends the head.
 pub fn read_request(r: &mut impl Read) -> Result<Request, ReadError> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
