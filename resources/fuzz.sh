@@ -5,6 +5,8 @@
 #
 #   resources/fuzz.sh [TARGET...]      default: every target
 #   FUZZ_RUNS=N FUZZ_SECONDS=S          inputs per target (4000), time cap per target (60)
+#   FUZZ_SEED=N                         libFuzzer's seed (1: the test command's runs repeat;
+#                                       0: a new one each run, for exploring)
 #
 # Built to be quick to build on 2 cores: no sanitizer (the code under test is safe Rust but
 # for a few mmap/poll helpers, and AddressSanitizer would triple both the build and the
@@ -17,6 +19,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 runs=${FUZZ_RUNS:-4000}
 seconds=${FUZZ_SECONDS:-60}
+seed=${FUZZ_SEED:-1}
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
     targets=(bus_platform pci_config msix_table http_request vm_config)
@@ -42,7 +45,7 @@ for target in "${targets[@]}"; do
     mkdir -p "$new/$target"
     status=0
     "${fuzz[@]}" run "${flags[@]}" "$target" "$new/$target" "tests/fuzz/corpus/$target" -- \
-        -runs="$runs" -max_total_time="$seconds" >"$new/$target.log" 2>&1 || status=$?
+        -runs="$runs" -max_total_time="$seconds" -seed="$seed" >"$new/$target.log" 2>&1 || status=$?
     if [ $status -ne 0 ]; then
         tail -n 60 "$new/$target.log" >&2
         echo "fuzz.sh: $target crashed (status $status); reproduce with:" >&2

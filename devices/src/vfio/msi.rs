@@ -210,7 +210,7 @@ impl Msi {
             .collect();
         if let Some(vectors) = self.active.as_mut() {
             for (i, (vector, want)) in vectors.iter_mut().zip(messages).enumerate() {
-                vector.sync(ctx.router, want, &format!("{}: MSI vector {i}", ctx.name));
+                vector.sync(ctx.router, want, ctx.vector_name("MSI", i));
             }
         }
     }
@@ -221,7 +221,7 @@ impl Msi {
                 crate::limited!(warn, "{}: disabling MSI: {e}", ctx.name);
             }
             for (i, v) in vectors.iter_mut().enumerate() {
-                v.teardown(ctx.router, &format!("{}: MSI vector {i}", ctx.name));
+                v.teardown(ctx.router, ctx.vector_name("MSI", i));
             }
         }
     }

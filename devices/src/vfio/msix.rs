@@ -3,10 +3,11 @@
 //! kernel's (VFIO programs it); the guest's table only decides where each vector's
 //! interrupts go (a GSI route) and whether they are held back (masked).
 //!
-//! On enable, VFIO MSI-X is enabled with one eventfd per table entry (the whole table at
-//! once: no resizing later). An unmasked vector gets a GSI routed to its message and an
+//! On enable, VFIO MSI-X is enabled with eventfds up to the highest unmasked table entry
+//! (at least one) and re-enabled with more when the guest unmasks a higher entry, keeping
+//! the eventfds already in use. An unmasked vector gets a GSI routed to its message and an
 //! irqfd; a masked one (or all, under the function mask) has its irqfd unregistered so its
-//! eventfd holds what the device sent, which the PBA then reports.
+//! eventfd holds what the device sent, which the PBA then reports. Disabling frees them.
 
 use crate::services::MsiMessage;
 
@@ -228,7 +229,7 @@ impl Msix {
             Ok(()) => Ok(vectors),
             Err(e) => {
                 for (i, v) in vectors.iter_mut().enumerate() {
-                    v.teardown(ctx.router, &format!("{}: MSI-X vector {i}", ctx.name));
+                    v.teardown(ctx.router, ctx.vector_name("MSI-X", i));
                 }
                 Err(e)
             }
@@ -239,8 +240,8 @@ impl Msix {
         let entry = self.entries[i];
         let unmasked = self.enabled && !self.function_masked && !entry.masked;
         if let Some(vector) = self.active.as_mut().and_then(|v| v.get_mut(i)) {
-            let what = format!("{}: MSI-X vector {i}", ctx.name);
-            vector.sync(ctx.router, unmasked.then_some(entry.msg), &what);
+            let what = ctx.vector_name("MSI-X", i);
+            vector.sync(ctx.router, unmasked.then_some(entry.msg), what);
         }
     }
 
@@ -251,7 +252,7 @@ impl Msix {
                 crate::limited!(warn, "{}: disabling MSI-X: {e}", ctx.name);
             }
             for (i, v) in vectors.iter_mut().enumerate() {
-                v.teardown(ctx.router, &format!("{}: MSI-X vector {i}", ctx.name));
+                v.teardown(ctx.router, ctx.vector_name("MSI-X", i));
             }
         }
     }

@@ -13,6 +13,21 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::services::{InterruptRouter, MsiMessage};
 
+/// Names a vector in messages ("dev: MSI-X vector 3") without building a string on the
+/// vCPU's path: it is formatted only when a message is written.
+#[derive(Clone, Copy)]
+pub struct VectorName<'a> {
+    pub device: &'a str,
+    pub kind: &'static str,
+    pub index: usize,
+}
+
+impl std::fmt::Display for VectorName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} vector {}", self.device, self.kind, self.index)
+    }
+}
+
 pub struct IrqVector {
     evt: EventFd,
     gsi: Option<u32>,
@@ -41,8 +56,12 @@ impl IrqVector {
     }
 
     /// Deliver to `msg` (`Some`: the vector is enabled and unmasked) or hold back (`None`).
-    /// `what` names the vector in messages ("dev: MSI-X vector 3").
-    pub fn sync(&mut self, router: &dyn InterruptRouter, want: Option<MsiMessage>, what: &str) {
+    pub fn sync(
+        &mut self,
+        router: &dyn InterruptRouter,
+        want: Option<MsiMessage>,
+        what: VectorName,
+    ) {
         let Some(msg) = want else {
             if self.registered {
                 self.registered = false;
@@ -97,7 +116,7 @@ impl IrqVector {
     }
 
     /// Unregister the irqfd and give the GSI back.
-    pub fn teardown(&mut self, router: &dyn InterruptRouter, what: &str) {
+    pub fn teardown(&mut self, router: &dyn InterruptRouter, what: VectorName) {
         self.sync(router, None, what);
         if let Some(gsi) = self.gsi.take() {
             router.release_msi_gsi(gsi);
@@ -117,4 +136,14 @@ pub struct IrqCtx<'a> {
     pub backend: &'a dyn super::VfioBackend,
     pub router: &'a dyn InterruptRouter,
     pub name: &'a str,
+}
+
+impl IrqCtx<'_> {
+    pub fn vector_name(&self, kind: &'static str, index: usize) -> VectorName<'_> {
+        VectorName {
+            device: self.name,
+            kind,
+            index,
+        }
+    }
 }

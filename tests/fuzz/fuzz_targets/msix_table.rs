@@ -69,7 +69,9 @@ impl Model {
     /// what fired on them) while MSI-X stays on.
     fn apply(&mut self, vfio_count: usize) {
         if !self.enabled {
+            // Disabling frees the vectors: what fired on them is gone with their eventfds.
             self.active = 0;
+            self.fired.clear();
             self.failed = false;
             return;
         }

@@ -160,6 +160,32 @@ fn masking_holds_interrupts_back_and_shows_them_pending() {
 }
 
 #[test]
+fn growing_the_vectors_keeps_what_is_pending_and_disabling_drops_it() {
+    let mut r = rig();
+    r.write16(MSIX_CAP + 2, ENABLE);
+    program(&mut r, 0, false);
+    program(&mut r, 1, false);
+    entry_write(&mut r, 1, 12, 1);
+    r.backend.state().fire(IrqIndex::Msix, 1);
+    assert_eq!(pba(&mut r), 1 << 1);
+    let before = msix_fds(&r);
+    assert_eq!(before.len(), 2);
+    program(&mut r, 5, false); // VFIO is re-enabled with 6 vectors
+    let after = msix_fds(&r);
+    assert_eq!(after.len(), 6);
+    assert_eq!(after[..2], before[..], "vectors in use keep their eventfds");
+    assert_eq!(pba(&mut r), 1 << 1, "a grown set keeps what was held back");
+
+    r.write16(MSIX_CAP + 2, 0);
+    r.write16(MSIX_CAP + 2, ENABLE);
+    assert_eq!(
+        pba(&mut r),
+        0,
+        "disabling frees the vectors and what they held"
+    );
+}
+
+#[test]
 fn rewriting_a_message_while_enabled_updates_the_route() {
     let mut r = rig();
     r.write16(MSIX_CAP + 2, ENABLE);
