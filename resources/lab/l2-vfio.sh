@@ -180,3 +180,19 @@ nvme_test() {
     echo "L2: nvme_irq_kind=$(irq_kind "$dev")"
     echo "L2: nvme_irqs=$(irq_count "$dev")"
 }
+
+# rom_test TAG DEV: reads PCI device DEV's expansion ROM through sysfs (as vBIOS readers
+# do: enable, read, disable); its size, first two bytes (55aa for a valid image) and md5.
+rom_test() {
+    if [ ! -e "$2/rom" ]; then
+        echo "L2: $1_rom=none"
+        return 1
+    fi
+    echo 1 >"$2/rom"
+    cat "$2/rom" >/tmp/rom 2>/dev/null
+    echo 0 >"$2/rom"
+    echo "L2: $1_rom_bar=$(sed -n 7p "$2/resource")"
+    echo "L2: $1_rom_size=$(wc -c </tmp/rom)"
+    echo "L2: $1_rom_sig=$(head -c 2 /tmp/rom | od -An -tx1 | tr -d ' \n')"
+    echo "L2: $1_rom_md5=$(md5sum </tmp/rom | cut -d ' ' -f 1)"
+}

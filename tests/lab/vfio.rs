@@ -17,6 +17,9 @@ use crate::console::CaseResult;
 use crate::guest::Guest;
 use crate::{workspace_root, Lab, LabRun, Result};
 
+mod checks;
+pub use checks::*;
+
 /// The L2 side: shell functions (display_test, ivshmem_test, nvme_test, ...).
 const L2_LIB: &str = include_str!("../../resources/lab/l2-vfio.sh");
 
@@ -72,6 +75,26 @@ pub const NVME: Device = Device {
     bdf: "0000:00:07.0",
     ids: ("1b36", "0010"),
 };
+
+/// QEMU's standard VGA: its VGA BIOS is the expansion ROM (SeaBIOS's vgabios-stdvga.bin).
+/// bochs-drm drives it (same ids as bochs-display; one is passed per case).
+pub const VGA: Device = Device {
+    l0: "VGA",
+    id: "vga0",
+    bdf: "0000:00:08.0",
+    ids: ("1234", "1111"),
+};
+/// QXL: INTx only, an I/O-port BAR (BAR3), and a VGA BIOS ROM (the INTx lab).
+pub const QXL: Device = Device {
+    l0: "qxl-vga",
+    id: "qxl0",
+    bdf: "0000:00:05.0",
+    ids: ("1b36", "0100"),
+};
+/// The ROM images L0 gives VGA and QXL (qemu's firmware path holds SeaBIOS's dir).
+pub const VGA_ROM: &str = "/usr/share/seabios/vgabios-stdvga.bin";
+pub const QXL_ROM: &str = "/usr/share/seabios/vgabios-qxl.bin";
+pub const BOCHS_ROM: &str = "/usr/share/seabios/vgabios-bochs-display.bin";
 
 pub const GIB: u64 = 1 << 30;
 /// ivshmem's shared memory, sparse in /dev/shm.
@@ -134,10 +157,14 @@ pub fn gpu_guest(dev: &Device) -> Guest {
     )
 }
 
+/// bochs-display's ROM (not a VGA: Linux reads it through the ROM BAR), then it draws.
 pub fn bochs_guest() -> Guest {
     guest(
         &["bochs"],
-        &[format!("display_test bochs {} {}", BOCHS.find(), BOCHS.id)],
+        &[
+            format!("rom_test bochs {}", BOCHS.find()),
+            format!("display_test bochs {} {}", BOCHS.find(), BOCHS.id),
+        ],
     )
 }
 
@@ -147,6 +174,28 @@ pub fn two_displays_guest() -> Guest {
         &[
             format!("display_test gpu {} {}", GPU.find(), GPU.id),
             format!("display_test bochs {} {}", BOCHS.find(), BOCHS.id),
+        ],
+    )
+}
+
+/// The VGA's ROM read through sysfs, then bochs-drm draws on it.
+pub fn vga_guest() -> Guest {
+    guest(
+        &["bochs"],
+        &[
+            format!("rom_test vga {}", VGA.find()),
+            format!("display_test vga {} {}", VGA.find(), VGA.id),
+        ],
+    )
+}
+
+/// QXL's ROM, then its DRM driver (INTx, I/O BAR commands) draws.
+pub fn qxl_guest() -> Guest {
+    guest(
+        &["qxl"],
+        &[
+            format!("rom_test qxl {}", QXL.find()),
+            format!("display_test qxl {} {}", QXL.find(), QXL.id),
         ],
     )
 }
@@ -162,9 +211,11 @@ pub fn ivshmem_guest() -> Guest {
 pub fn nvme_guest() -> Guest {
     guest(
         &["nvme"],
-        &[format!(
-            "nvme_test {NVME_READ_BLOCK} {NVME_WRITE_BLOCK} '{NVME_L2_TEXT}'"
-        )],
+        &[
+            // NVMe has no ROM: the guest must not see one.
+            format!("rom_test nvme {}", NVME.find()),
+            format!("nvme_test {NVME_READ_BLOCK} {NVME_WRITE_BLOCK} '{NVME_L2_TEXT}'"),
+        ],
     )
 }
 
@@ -251,10 +302,11 @@ pub fn run_msi(vmm: Vmm, more: impl FnOnce(Lab) -> Lab) -> Result<VfioRun> {
             format!("file={},if=none,id=zt-disk,format=raw", disk.0.display()),
         ]);
     let mut lab = lab;
-    for d in [&GPU, &BOCHS, &IVSHMEM, &NVME] {
+    for d in [&GPU, &BOCHS, &IVSHMEM, &NVME, &VGA] {
         lab = lab.device(&d.spec()).bind(d.bdf);
     }
     let lab = lab
+        .l1_line(&rom_dump(&[BOCHS.bdf, VGA.bdf]))
         .case(passthrough(vmm, "gpu", &[GPU.bdf], gpu_guest(&GPU)))
         .case(passthrough(vmm, "bochs", &[BOCHS.bdf], bochs_guest()))
         .case(passthrough(
@@ -264,7 +316,8 @@ pub fn run_msi(vmm: Vmm, more: impl FnOnce(Lab) -> Lab) -> Result<VfioRun> {
             two_displays_guest(),
         ))
         .case(passthrough(vmm, "ivshmem", &[IVSHMEM.bdf], ivshmem_guest()))
-        .case(passthrough(vmm, "nvme", &[NVME.bdf], nvme_guest()));
+        .case(passthrough(vmm, "nvme", &[NVME.bdf], nvme_guest()))
+        .case(passthrough(vmm, "vga", &[VGA.bdf], vga_guest()));
     let run = more(lab).run()?;
 
     let f = File::open(&shm.0)?;
@@ -288,22 +341,27 @@ pub fn run_msi(vmm: Vmm, more: impl FnOnce(Lab) -> Lab) -> Result<VfioRun> {
     })
 }
 
-/// The INTx lab: GPU_INTX on L0 with interrupt remapping off, L1 allowing unsafe
-/// interrupts; case gpu-intx for `vmm`; `more` adds cases.
+/// The INTx lab: GPU_INTX and QXL on L0 with interrupt remapping off, L1 allowing unsafe
+/// interrupts; cases gpu-intx and qxl for `vmm`; `more` adds cases.
 pub fn run_intx(vmm: Vmm, more: impl FnOnce(Lab) -> Lab) -> Result<VfioRun> {
     let lab = Lab::new()?
         .name(&format!("vfio-intx-{}", vmm_name(vmm)))
         .timeout(Duration::from_secs(300))
         .l0(|l0| l0.iommu.push_str(",intremap=off"))
+        // qxl-vga must be QEMU's first display.
+        .device(&QXL.spec())
+        .bind(QXL.bdf)
         .device(&GPU_INTX.spec())
         .bind(GPU_INTX.bdf)
         .l1_line("echo 1 > /sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts")
+        .l1_line(&rom_dump(&[QXL.bdf]))
         .case(passthrough(
             vmm,
             "gpu-intx",
             &[GPU_INTX.bdf],
             gpu_guest(&GPU_INTX),
-        ));
+        ))
+        .case(passthrough(vmm, "qxl", &[QXL.bdf], qxl_guest()));
     Ok(VfioRun {
         run: more(lab).run()?,
         ivshmem_words: Vec::new(),
@@ -317,200 +375,6 @@ fn vmm_name(vmm: Vmm) -> &'static str {
         Vmm::Zhitong => "zhitong",
         Vmm::Qemu => "qemu",
     }
-}
-
-/// How a display's interrupts must look.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Irq {
-    /// MSI-X vectors that count up while drawing
-    MsiX,
-    /// A level-triggered IO-APIC line that counts up while drawing
-    IntX,
-    /// The device has none (bochs)
-    Nothing,
-}
-
-/// L1 handed each of `bdfs` to vfio-pci.
-#[track_caller]
-pub fn assert_bound(run: &LabRun, bdfs: &[&str]) {
-    for bdf in bdfs {
-        let want = format!("L1: bind {bdf} driver=vfio-pci");
-        assert!(
-            run.console.contains(&want),
-            "no '{want}' in L1's console\n{}",
-            run.console
-        );
-    }
-}
-
-/// A display adapter as L2 sees it.
-#[derive(Clone, Copy, Debug)]
-pub struct Display {
-    /// Which `display_test` in the guest ("gpu", "bochs")
-    pub tag: &'static str,
-    /// The PCI driver bound to it in L2
-    pub pci_driver: &'static str,
-    /// What the DRM driver's framebuffer is called (a prefix of /sys/class/graphics/fbN/name)
-    pub fb_name: &'static str,
-    pub irq: Irq,
-}
-
-/// virtio-gpu: virtio-pci on the PCI side, virtio_gpu (DRM) on the virtio device.
-pub const VIRTIO_GPU: Display = Display {
-    tag: "gpu",
-    pci_driver: "virtio-pci",
-    fb_name: "virtio_gpu",
-    irq: Irq::MsiX,
-};
-pub const VIRTIO_GPU_INTX: Display = Display {
-    irq: Irq::IntX,
-    ..VIRTIO_GPU
-};
-pub const BOCHS_DRM: Display = Display {
-    tag: "bochs",
-    pci_driver: "bochs-drm",
-    fb_name: "bochs",
-    irq: Irq::Nothing,
-};
-
-/// Display `d` in case `case`: its native driver bound, a framebuffer, both frames on
-/// L0's display as drawn, interrupts as `d.irq` says.
-#[track_caller]
-pub fn assert_display(run: &LabRun, case: &str, d: Display) {
-    let (tag, driver, irq) = (d.tag, d.pci_driver, d.irq);
-    let c = run.case(case);
-    c.assert_booted();
-    let m = |k: &str| c.marker(&format!("{tag}_{k}")).unwrap_or("").to_string();
-    c.check(
-        m("driver") == driver,
-        &format!("{tag}: driver {:?}, want {driver}", m("driver")),
-    );
-    c.check(
-        m("fb_name").starts_with(d.fb_name),
-        &format!("{tag}: framebuffer {:?}, want {}*", m("fb_name"), d.fb_name),
-    );
-    // "/dev/fb0 1280,800 32bpp stride=5120"
-    let fb = m("fb");
-    let fields: Vec<&str> = fb.split_whitespace().collect();
-    c.check(
-        fields.len() == 4 && fields[2] == "32bpp",
-        &format!("{tag}: framebuffer {fb:?}, want a 32 bpp /dev/fbN"),
-    );
-    let (w, h) = fields[1].split_once(',').unwrap_or(("0", "0"));
-    let (w, h): (usize, usize) = (w.parse().unwrap_or(0), h.parse().unwrap_or(0));
-    for (frame, top, bottom) in [(1, PIXEL_A, PIXEL_B), (2, PIXEL_B, PIXEL_A)] {
-        let label = format!("{tag}-{frame}");
-        let img = run
-            .screendump(case, &label)
-            .unwrap_or_else(|e| panic!("case {case}: {e}\n{c}"));
-        c.check(
-            (img.width, img.height) == (w, h),
-            &format!(
-                "{label}: L0 shows {}x{}, L2's framebuffer is {w}x{h}",
-                img.width, img.height
-            ),
-        );
-        // A few rows either side of the middle are left out; a stray cursor may cost a few pixels.
-        let upper = img.share_of(0..h / 2 - 2, top);
-        let lower = img.share_of(h / 2 + 2..h, bottom);
-        c.check(
-            upper > 0.99 && lower > 0.99,
-            &format!(
-                "{label}: {:.1}% of the upper half is {top:02x?} and {:.1}% of the lower half \
-                 {bottom:02x?}, want > 99% (pixel 0,0 is {:02x?})",
-                upper * 100.0,
-                lower * 100.0,
-                img.pixel(0, 0)
-            ),
-        );
-    }
-    let before: u64 = m("irqs_before").parse().unwrap_or(0);
-    let after: u64 = m("irqs_after").parse().unwrap_or(0);
-    let kind = m("irq_kind");
-    let chip = m("irq_chip");
-    match irq {
-        Irq::MsiX => c.check(
-            kind == "msix" && after > before,
-            &format!("{tag}: interrupts {kind} {before} -> {after}, want MSI-X counting up"),
-        ),
-        Irq::IntX => c.check(
-            kind == "intx"
-                && chip.contains("IO-APIC")
-                && chip.contains("fasteoi")
-                && after > before
-                && after > 1,
-            &format!(
-                "{tag}: interrupts {kind} ({chip}) {before} -> {after}, want a level-triggered \
-                 IO-APIC line counting up"
-            ),
-        ),
-        Irq::Nothing => {}
-    }
-    eprintln!("{case}/{tag}: {fb}, interrupts {kind} ({chip}) {before} -> {after}");
-}
-
-/// ivshmem: a 16 GiB BAR2; L2 read what L0 put beyond 4 GiB, and its writes (one beyond
-/// 4 GiB, one in the last word) are in L0's file, which stayed sparse.
-#[track_caller]
-pub fn assert_ivshmem(v: &VfioRun, case: &str) {
-    let c = v.case(case);
-    c.assert_booted();
-    let bar = c.marker("ivshmem_bar2").unwrap_or("");
-    c.check(
-        bar.contains(&format!("size={IVSHMEM_SIZE} ")),
-        &format!("BAR2 {bar:?}, want size={IVSHMEM_SIZE}"),
-    );
-    let read = c.marker("ivshmem_read").unwrap_or("");
-    c.check(
-        read.eq_ignore_ascii_case(&format!("0x{IVSHMEM_VALUE:016x}")),
-        &format!("L2 read {read:?} at {IVSHMEM_READ:#x}, L0 put 0x{IVSHMEM_VALUE:016x} there"),
-    );
-    for (off, got) in IVSHMEM_WRITES.iter().zip(&v.ivshmem_words) {
-        let want = 0x5a54_0000_0000_0000 | off;
-        c.check(
-            *got == want,
-            &format!("ivshmem file at {off:#x}: {got:#018x}, L2 wrote {want:#018x}"),
-        );
-    }
-    c.check(
-        v.ivshmem_allocated < 64 << 20,
-        &format!(
-            "the 16 GiB ivshmem file took {} bytes: not sparse",
-            v.ivshmem_allocated
-        ),
-    );
-    eprintln!(
-        "{case}: BAR2 {bar}, read {read}, file allocated {} KiB",
-        v.ivshmem_allocated / 1024
-    );
-}
-
-/// NVMe: the nvme driver read L0's block (DMA to L2's memory) and wrote L2's (DMA from it)
-/// with MSI-X interrupts.
-#[track_caller]
-pub fn assert_nvme(v: &VfioRun, case: &str) {
-    let c = v.case(case);
-    c.assert_booted();
-    let m = |k: &str| c.marker(k).unwrap_or("");
-    c.check(m("nvme_driver") == "nvme", "nvme driver not bound");
-    c.check(
-        m("nvme_read") == NVME_L0_TEXT,
-        &format!("L2 read {:?}, L0 wrote {NVME_L0_TEXT:?}", m("nvme_read")),
-    );
-    c.check(m("nvme_wrote") == "ok", "L2's write failed");
-    c.check(
-        v.nvme_text == NVME_L2_TEXT,
-        &format!(
-            "the image holds {:?}, L2 wrote {NVME_L2_TEXT:?}",
-            v.nvme_text
-        ),
-    );
-    let irqs: u64 = m("nvme_irqs").parse().unwrap_or(0);
-    c.check(
-        m("nvme_irq_kind") == "msix" && irqs > 0,
-        &format!("nvme interrupts {} x{irqs}, want MSI-X", m("nvme_irq_kind")),
-    );
-    eprintln!("{case}: {}, {irqs} MSI-X interrupts", m("nvme_disk"));
 }
 
 /// The scenario tests for `$vmm` (a `Vmm`), each in a `#[test]`; both labs run once per
@@ -546,9 +410,12 @@ macro_rules! vfio_tests {
 
         #[test]
         fn l1_binds_every_device_to_vfio_pci() {
-            use $crate::vfio::{assert_bound, BOCHS, GPU, GPU_INTX, IVSHMEM, NVME};
-            assert_bound(&msi().run, &[GPU.bdf, BOCHS.bdf, IVSHMEM.bdf, NVME.bdf]);
-            assert_bound(&intx().run, &[GPU_INTX.bdf]);
+            use $crate::vfio::{assert_bound, BOCHS, GPU, GPU_INTX, IVSHMEM, NVME, QXL, VGA};
+            assert_bound(
+                &msi().run,
+                &[GPU.bdf, BOCHS.bdf, IVSHMEM.bdf, NVME.bdf, VGA.bdf],
+            );
+            assert_bound(&intx().run, &[GPU_INTX.bdf, QXL.bdf]);
         }
 
         #[test]
@@ -562,8 +429,16 @@ macro_rules! vfio_tests {
         }
 
         #[test]
-        fn bochs_display_draws() {
-            $crate::vfio::assert_display(&msi().run, "bochs", $crate::vfio::BOCHS_DRM);
+        fn bochs_display_rom_reads_and_it_draws() {
+            let run = &msi().run;
+            $crate::vfio::assert_rom(
+                run,
+                "bochs",
+                "bochs",
+                $crate::vfio::BOCHS.bdf,
+                $crate::vfio::BOCHS_ROM,
+            );
+            $crate::vfio::assert_display(run, "bochs", $crate::vfio::BOCHS_DRM);
         }
 
         #[test]
@@ -576,6 +451,32 @@ macro_rules! vfio_tests {
         #[test]
         fn ivshmem_16g_bar_reads_and_writes_beyond_4g() {
             $crate::vfio::assert_ivshmem(msi(), "ivshmem");
+        }
+
+        #[test]
+        fn vga_expansion_rom_reads_and_bochs_drm_draws() {
+            let run = &msi().run;
+            $crate::vfio::assert_rom(
+                run,
+                "vga",
+                "vga",
+                $crate::vfio::VGA.bdf,
+                $crate::vfio::VGA_ROM,
+            );
+            $crate::vfio::assert_display(run, "vga", $crate::vfio::VGA_DRM);
+        }
+
+        #[test]
+        fn qxl_with_intx_and_an_io_bar_draws_and_interrupts() {
+            let run = &intx().run;
+            $crate::vfio::assert_rom(
+                run,
+                "qxl",
+                "qxl",
+                $crate::vfio::QXL.bdf,
+                $crate::vfio::QXL_ROM,
+            );
+            $crate::vfio::assert_display(run, "qxl", $crate::vfio::QXL_DRM);
         }
 
         #[test]

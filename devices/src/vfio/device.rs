@@ -11,8 +11,8 @@ use crate::services::{InterruptRouter, MemoryMapper};
 use super::backend::{IrqIndex, VfioBackend, CONFIG_REGION, ROM_REGION};
 use super::bars::{DirectBars, TrapRange};
 use crate::pci::config::{
-    merge_dword, BAR0, CAP_ID_MSI, CAP_ID_MSIX, COMMAND, CONFIG_SPACE_SIZE, INTERRUPT_LINE,
-    LEGACY_CONFIG_SIZE, ROM_BAR, VENDOR_ID,
+    merge_dword, BAR0, CAP_ID_MSI, CAP_ID_MSIX, COMMAND, COMMAND_BUS_MASTER, COMMAND_IO,
+    COMMAND_MEMORY, CONFIG_SPACE_SIZE, INTERRUPT_LINE, LEGACY_CONFIG_SIZE, ROM_BAR, VENDOR_ID,
 };
 
 use super::caps::{self, byte_mask};
@@ -104,7 +104,12 @@ impl VfioPciDevice {
         }
         let direct = DirectBars::new(&name, &*backend, &shadows, &traps, memory, page_size());
 
-        let command = read(COMMAND) as u16;
+        // The guest meets the device as after a reset, whatever the host left on (the
+        // reset above may not exist for it): no decoding, no bus mastering. Linux takes a VGA
+        // device that decodes at boot for one whose firmware copied its ROM to 0xc0000
+        // (there is no firmware here), and a device must not DMA before its driver says so.
+        let command = read(COMMAND) as u16 & !(COMMAND_IO | COMMAND_MEMORY | COMMAND_BUS_MASTER);
+        backend.region_write(CONFIG_REGION, u64::from(COMMAND), &command.to_le_bytes());
         let device_pin = (read(INTERRUPT_LINE) >> 8) as u8;
         let intx = match intx_gsi {
             Some(gsi) if device_pin != 0 && vfio_count(IrqIndex::Intx) >= 1 => {

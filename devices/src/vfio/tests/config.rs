@@ -15,6 +15,7 @@ fn passthrough_registers_come_from_the_device() {
         .state()
         .set_config_u32(VENDOR_CAP + 4, 0x1122_3344);
     assert_eq!(r.read(VENDOR_CAP + 4), 0x1122_3344, "read live, not cached");
+    r.forget_calls();
     r.write32(VENDOR_CAP + 4, 0x5566_7788);
     assert_eq!(
         r.backend.state().config_writes(),
@@ -23,6 +24,23 @@ fn passthrough_registers_come_from_the_device() {
             0x5566_7788u32.to_le_bytes().to_vec()
         )]
     );
+}
+
+#[test]
+fn the_guest_meets_the_device_without_decoding_or_bus_mastering() {
+    let backend = MockBackend::standard();
+    // What a host may leave on: I/O, memory, bus master, and INTx disabled.
+    backend.state().config_mut()[4..6].copy_from_slice(&0x0407u16.to_le_bytes());
+    let mut r = rig_with(backend, Some(INTX_GSI)).unwrap();
+    r.dev.assign_bar(0, 0xe000_0000);
+    assert_eq!(r.read(0x04) & 0xffff, 0x0400, "only INTx disable is kept");
+    assert_eq!(r.backend.state().config()[4..6], 0x0400u16.to_le_bytes());
+    assert!(
+        r.dev.bars().iter().all(|b| !b.decoding),
+        "no BAR decodes before the guest enables it"
+    );
+    r.write16(0x04, COMMAND_MEMORY);
+    assert!(r.dev.bars().iter().any(|b| b.decoding));
 }
 
 #[test]
