@@ -37,12 +37,15 @@ pub const MMIO_HOLE_START: u64 = 0xc000_0000;
 pub const FOUR_GIB: u64 = 1 << 32;
 /// Guest-physical address bits we never exceed: 4-level EPT/NPT cover 48 bits.
 pub const MAX_GUEST_PHYS_BITS: u8 = 48;
-/// 32-bit PCI BAR window (for BARs that must stay below 4 GiB).
+/// 32-bit PCI BAR window (for BARs that must stay below 4 GiB): all of the hole up to the
+/// ECAM, 976 MiB, so that it holds the addresses hosts usually give 32-bit BARs (a
+/// passed-through BAR keeps its host address where it is free: see the BAR allocator).
 pub const PCI_MMIO32_START: u64 = MMIO_HOLE_START;
-pub const PCI_MMIO32_SIZE: u64 = 0x2000_0000;
-/// PCIe ECAM: 1 MiB per bus, buses 0..=255.
-pub const PCI_ECAM_START: u64 = 0xe000_0000;
-pub const PCI_ECAM_SIZE: u64 = 0x1000_0000;
+pub const PCI_MMIO32_SIZE: u64 = PCI_ECAM_START - PCI_MMIO32_START;
+/// PCIe ECAM: 1 MiB per bus, buses 0..=15 (the guest has one root bus; room for bridges),
+/// at the top of the hole below the IOAPIC.
+pub const PCI_ECAM_START: u64 = 0xfd00_0000;
+pub const PCI_ECAM_SIZE: u64 = 0x100_0000;
 /// In-kernel IOAPIC and LAPIC (KVM's fixed defaults).
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 pub const APIC_START: u64 = 0xfee0_0000;

@@ -1,6 +1,9 @@
 //! BAR addresses before boot, as firmware would assign them: the I/O, 32-bit and 64-bit
 //! windows of the host bridge, each BAR naturally aligned, biggest first so that the
-//! power-of-two sizes pack without holes.
+//! power-of-two sizes pack without holes. A BAR with a preferred address (a passed-through
+//! function's host address) gets it when it is free in the window the BAR belongs in: some
+//! devices check the addresses their driver hands them against their own BARs (QEMU's QXL
+//! refuses a memory slot outside them), and the guest then sees what the host sees.
 
 use std::fmt;
 
@@ -119,17 +122,38 @@ impl BarAllocator {
     }
 
     /// Addresses for all of one device's `bars` (size 0 entries are skipped), as
-    /// (BAR index, address) in index order. All or nothing: on error the space taken for
-    /// this device is given back.
-    pub fn allocate_device_bars(&mut self, bars: &[Bar]) -> Result<Vec<(u8, u64)>, AllocError> {
+    /// (BAR index, address) in index order; `preferred` (BAR index, address) are taken
+    /// where free. All or nothing: on error the space taken for this device is given back,
+    /// and a device whose preferred addresses leave no room for the rest is placed as if it
+    /// had none.
+    pub fn allocate_device_bars(
+        &mut self,
+        bars: &[Bar],
+        preferred: &[(u8, u64)],
+    ) -> Result<Vec<(u8, u64)>, AllocError> {
+        match self.allocate_all(bars, preferred) {
+            Err(_) if !preferred.is_empty() => self.allocate_all(bars, &[]),
+            result => result,
+        }
+    }
+
+    fn allocate_all(
+        &mut self,
+        bars: &[Bar],
+        preferred: &[(u8, u64)],
+    ) -> Result<Vec<(u8, u64)>, AllocError> {
         let mut order: Vec<&Bar> = bars.iter().filter(|b| b.size != 0).collect();
-        // Biggest first (then by index, for a stable layout): aligned power-of-two blocks
-        // placed in decreasing size leave no gaps between them.
-        order.sort_by_key(|b| (std::cmp::Reverse(b.size), b.index));
+        // Preferred addresses first, then biggest first (then by index, for a stable
+        // layout): aligned power-of-two blocks placed in decreasing size leave no gaps.
+        let wish = |b: &Bar| preferred.iter().find(|p| p.0 == b.index).map(|p| p.1);
+        order.sort_by_key(|b| (wish(b).is_none(), std::cmp::Reverse(b.size), b.index));
         let mut taken: Vec<(Pool, RangeInclusive)> = Vec::new();
         let mut result = Vec::new();
         for bar in order {
-            match self.allocate(bar) {
+            let placed = wish(bar)
+                .and_then(|addr| self.allocate_at(bar, addr))
+                .map_or_else(|| self.allocate(bar), Ok);
+            match placed {
                 Ok((pool, range)) => {
                     taken.push((pool, range));
                     result.push((bar.index, range.start()));
@@ -154,20 +178,40 @@ impl BarAllocator {
         }
     }
 
+    /// The pools `bar` may come from, in order of preference, and the space it takes.
+    fn pools_for(bar: &Bar) -> (&'static [Pool], u64) {
+        match bar.kind {
+            BarKind::Io => (&[Pool::Io], bar.size),
+            BarKind::Mem32 | BarKind::Rom => {
+                (&[Pool::Mmio32], bar.size.max(MIN_MEM_BAR_ALLOCATION))
+            }
+            BarKind::Mem64 => (
+                &[Pool::Mmio64, Pool::Mmio32],
+                bar.size.max(MIN_MEM_BAR_ALLOCATION),
+            ),
+        }
+    }
+
+    /// `bar` at exactly `addr`, if that is aligned, inside one of its windows and free.
+    fn allocate_at(&mut self, bar: &Bar, addr: u64) -> Option<(Pool, RangeInclusive)> {
+        let (pools, size) = Self::pools_for(bar);
+        if !bar.size.is_power_of_two() || addr == 0 || !addr.is_multiple_of(size) {
+            return None;
+        }
+        pools.iter().find_map(|&pool| {
+            let range = self
+                .pool(pool)?
+                .allocate(size, size, AllocPolicy::ExactMatch(addr))
+                .ok()?;
+            Some((pool, range))
+        })
+    }
+
     fn allocate(&mut self, bar: &Bar) -> Result<(Pool, RangeInclusive), AllocError> {
         if !bar.size.is_power_of_two() {
             return Err(AllocError::BadBar(BarName(bar.index)));
         }
-        let (pools, size): (&[Pool], u64) = match bar.kind {
-            BarKind::Io => (&[Pool::Io], bar.size),
-            BarKind::Mem32 | BarKind::Rom => (&[Pool::Mmio32], bar.size),
-            BarKind::Mem64 => (&[Pool::Mmio64, Pool::Mmio32], bar.size),
-        };
-        let size = if bar.kind == BarKind::Io {
-            size
-        } else {
-            size.max(MIN_MEM_BAR_ALLOCATION)
-        };
+        let (pools, size) = Self::pools_for(bar);
         for &pool in pools {
             let Some(allocator) = self.pool(pool) else {
                 continue;

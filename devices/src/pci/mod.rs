@@ -108,6 +108,12 @@ pub trait PciDevice: Send {
     /// The root calls this once per BAR after allocating addresses.
     fn assign_bar(&mut self, index: u8, addr: u64);
 
+    /// Where the device would have its BARs, (index, address), if free: a passed-through
+    /// function's host addresses. None by default.
+    fn preferred_bar_addresses(&self) -> Vec<(u8, u64)> {
+        Vec::new()
+    }
+
     /// A short name for messages (e.g. the host BDF of a passed-through device).
     fn name(&self) -> String;
 }

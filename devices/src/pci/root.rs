@@ -130,7 +130,7 @@ impl PciRoot {
         let mut dev = lock(&func.device);
         let bars = dev.bars();
         let addrs = lock(&self.allocator)
-            .allocate_device_bars(&bars)
+            .allocate_device_bars(&bars, &dev.preferred_bar_addresses())
             .map_err(|source| PciRootError::Bars {
                 device: format!("{bdf} ({})", dev.name()),
                 source,

@@ -59,6 +59,24 @@ impl BarShadows {
         shadows
     }
 
+    /// Where the host has each BAR, from the device's own registers `reg(i)` (index 6:
+    /// the ROM BAR): (index, address) for those with an address.
+    pub fn host_addresses(&self, reg: impl Fn(u8) -> u32) -> Vec<(u8, u64)> {
+        (0..=ROM_BAR_INDEX)
+            .filter_map(|i| {
+                let bar = self.get(i)?;
+                let low = reg(i);
+                let addr = match bar.kind() {
+                    BarKind::Io => u64::from(low & !0x3),
+                    BarKind::Mem32 => u64::from(low & !0xf),
+                    BarKind::Mem64 => u64::from(low & !0xf) | u64::from(reg(i + 1)) << 32,
+                    BarKind::Rom => u64::from(low & !0x7ff),
+                };
+                (addr != 0).then_some((i, addr))
+            })
+            .collect()
+    }
+
     /// The BAR at `index` (its lower index for a 64-bit one; 6 for the ROM).
     pub fn get(&self, index: u8) -> Option<&BarShadow> {
         self.bars.get(usize::from(index))?.as_ref()

@@ -45,6 +45,8 @@ pub struct VfioPciDevice {
     /// Size of the VFIO config region (256, or 4096 for PCIe).
     config_size: u64,
     shadows: BarShadows,
+    /// Where the host has the BARs (the guest gets the same addresses where they are free).
+    host_bars: Vec<(u8, u64)>,
     /// The command register as the guest last wrote it (for BAR decoding).
     command: u16,
     /// The interrupt line register (virtual: the device's own is the host's).
@@ -95,6 +97,7 @@ impl VfioPciDevice {
             |i| read(BAR0 + 4 * u16::from(i)),
             |i| backend.region_info(u32::from(i)).size,
         );
+        let host_bars = shadows.host_addresses(|i| read(crate::pci::config::bar_offset(i)));
         let mut traps = Vec::new();
         if let Some(msix) = &msix {
             for (what, range) in [("table", msix.table()), ("PBA", msix.pba())] {
@@ -128,6 +131,7 @@ impl VfioPciDevice {
             router: interrupts,
             config_size,
             shadows,
+            host_bars,
             command,
             msi,
             msix,
@@ -455,6 +459,10 @@ impl PciDevice for VfioPciDevice {
                 self.name
             );
         }
+    }
+
+    fn preferred_bar_addresses(&self) -> Vec<(u8, u64)> {
+        self.host_bars.clone()
     }
 
     fn name(&self) -> String {

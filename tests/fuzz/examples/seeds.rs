@@ -189,7 +189,7 @@ fn pci_config() {
         ecam_wr(0x1c, 4, 0x20),
         ecam_wr(0x18, 4, 0x0),
         bar(BAR_RD, 2, 0x4_0000, 8, 0),
-        ecam_wr(0x10, 4, 0xe000_0000), // onto the ECAM: refused
+        ecam_wr(0x10, 4, 0xfd00_0000), // onto the ECAM: refused
         ecam_wr(0x04, 2, 0),
         ecam_wr(0x30, 4, 0xc900_0001),
         ecam_wr(0x04, 2, 0x0002),

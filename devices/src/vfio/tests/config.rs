@@ -251,3 +251,19 @@ fn construction_resets_the_device_and_checks_it() {
     let err = rig_with(no_config, None).err().unwrap().to_string();
     assert!(err.contains("no PCI config region"), "{err}");
 }
+
+#[test]
+fn the_host_addresses_of_the_bars_are_offered_as_preferences() {
+    let r = rig();
+    // The mock's registers: BAR0 mem32 at 0xfe000000, BAR1 I/O at 0xe000, BAR2/3 mem64 at
+    // 0x1_d000_0000, the ROM at 0xfe100000.
+    assert_eq!(
+        r.dev.preferred_bar_addresses(),
+        vec![
+            (0, 0xfe00_0000),
+            (1, 0xe000),
+            (2, 0x1_d000_0000),
+            (6, 0xfe10_0000)
+        ]
+    );
+}
