@@ -20,7 +20,7 @@
 
 use std::time::Duration;
 
-use zhitong_tests::vfio::{self, GPU};
+use zhitong_tests::vfio::{self, BOCHS, GPU};
 use zhitong_tests::{Lab, Vmm};
 
 zhitong_tests::vfio_tests!(Vmm::Zhitong, more_msi, |lab| lab);
@@ -40,6 +40,28 @@ fn more_msi(lab: Lab) -> Lab {
         &[GPU.bdf],
         vfio::gpu_guest(&GPU),
     ))
+    .case(
+        // Peer-to-peer: the guest moves BAR0 (decode on) and back before bochs-drm draws.
+        vfio::passthrough(
+            Vmm::Zhitong,
+            "bochs-p2p",
+            &[&format!("{},p2p=on", BOCHS.bdf)],
+            vfio::guest(
+                &["bochs"],
+                &[
+                    format!(
+                        "bar_move_test $(pci_dev {} {}) 0x2000000",
+                        BOCHS.ids.0, BOCHS.ids.1
+                    ),
+                    format!(
+                        "display_test bochs $(pci_dev {} {}) {}",
+                        BOCHS.ids.0, BOCHS.ids.1, BOCHS.id
+                    ),
+                ],
+            ),
+        )
+        .env("ZHITONG_LOG", "debug"),
+    )
     .case(
         vfio::passthrough(Vmm::Zhitong, "gpu-user", &[GPU.bdf], vfio::gpu_guest(&GPU))
             .args(["--user", "1000:1000"])
@@ -109,4 +131,38 @@ fn timings_show_devices_ready() {
         ready.is_some() && entry.is_some() && ready <= entry,
         &format!("devices_ready_ms {ready:?}, first_vcpu_entry_ms {entry:?}: want both, in order"),
     );
+}
+
+#[test]
+fn p2p_dma_mappings_follow_the_guests_bar_moves() {
+    let run = &msi().run;
+    let c = run.case("bochs-p2p");
+    vfio::assert_display(run, "bochs-p2p", vfio::BOCHS_DRM);
+    let (bar, moved) = (
+        c.marker("p2p_bar0").unwrap_or("?"),
+        c.marker("p2p_moved").unwrap_or("?"),
+    );
+    c.check(
+        c.marker("p2p_back") == Some(bar),
+        &format!("BAR0 back at {:?}, want {bar}", c.marker("p2p_back")),
+    );
+    // zhitong's debug log: "...: BAR 0 0x0+0x1000000 DMA-mapped at 0x... (peer-to-peer)"
+    let mapped: Vec<&str> = c
+        .stderr
+        .iter()
+        .filter(|l| l.contains("BAR 0 0x0+") && l.contains("DMA-mapped at"))
+        .filter_map(|l| l.split("DMA-mapped at ").nth(1)?.split_whitespace().next())
+        .collect();
+    // The driver may toggle decode afterwards: the first three are the test's moves.
+    c.check(
+        mapped.len() >= 3 && mapped[..3] == [bar, moved, bar],
+        &format!("BAR 0 DMA-mapped at {mapped:?}, want {bar}, {moved}, {bar} first"),
+    );
+    c.check(
+        c.stderr
+            .iter()
+            .any(|l| l.contains("peer-to-peer DMA mappings")),
+        "no 'peer-to-peer DMA mappings' line",
+    );
+    eprintln!("bochs-p2p: BAR 0 DMA-mapped at {mapped:?}");
 }

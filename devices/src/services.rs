@@ -58,3 +58,18 @@ pub trait MemoryMapper: Send + Sync {
     /// caller must keep the host range mapped (and may retry).
     fn unmap(&self, id: MappingId) -> Result<(), ServiceError>;
 }
+
+/// The IOMMU address space the VM's passed-through devices DMA in (iova = guest
+/// physical). Guest RAM is mapped by the VMM; this maps device BARs too, so that one device
+/// reaches another's BAR by DMA (peer-to-peer).
+pub trait DmaMapper: Send + Sync {
+    /// Map `size` bytes at `host_addr` for DMA at `iova`.
+    ///
+    /// # Safety
+    /// `host_addr..host_addr+size` must stay mapped in this process until `unmap` of the
+    /// same range succeeds.
+    unsafe fn map(&self, iova: u64, size: u64, host_addr: *mut u8) -> Result<(), ServiceError>;
+    /// Remove the mapping at `iova..iova+size`. On an error it may still be live: the
+    /// caller must keep the host range mapped.
+    fn unmap(&self, iova: u64, size: u64) -> Result<(), ServiceError>;
+}

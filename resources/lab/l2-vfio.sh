@@ -196,3 +196,35 @@ rom_test() {
     echo "L2: $1_rom_sig=$(head -c 2 /tmp/rom | od -An -tx1 | tr -d ' \n')"
     echo "L2: $1_rom_md5=$(md5sum </tmp/rom | cut -d ' ' -f 1)"
 }
+
+# le32 VALUE: VALUE as 4 little-endian bytes.
+le32() {
+    printf "$(printf '\\%03o\\%03o\\%03o\\%03o' $(($1 & 255)) $((($1 >> 8) & 255)) \
+        $((($1 >> 16) & 255)) $((($1 >> 24) & 255)))"
+}
+
+# cfg_read DEV OFFSET BYTES, cfg_write DEV OFFSET BYTES VALUE: config space through sysfs,
+# one naturally aligned access (as setpci does).
+cfg_read() {
+    od -An -tu"$3" -j "$2" -N "$3" "$1/config" | tr -d ' '
+}
+cfg_write() {
+    le32 "$4" | head -c "$3" | dd of="$1/config" bs="$3" seek=$(($2 / $3)) conv=notrunc 2>/dev/null
+}
+
+# bar_move_test DEV DELTA: with memory decode on, BAR0 moves DELTA up and back (each step
+# after a second, so the VMM's log shows them apart); then decode goes back off.
+bar_move_test() {
+    cmd=$(cfg_read "$1" 4 2)
+    bar=$(($(cfg_read "$1" 16 4) & ~15))
+    cfg_write "$1" 4 2 $((cmd | 2))
+    echo "L2: p2p_bar0=$(printf 0x%x $bar)"
+    sleep 1
+    cfg_write "$1" 16 4 $((bar + $2))
+    echo "L2: p2p_moved=$(printf 0x%x $((bar + $2)))"
+    sleep 1
+    cfg_write "$1" 16 4 "$bar"
+    sleep 1
+    cfg_write "$1" 4 2 "$cmd"
+    echo "L2: p2p_back=$(printf 0x%x "$(($(cfg_read "$1" 16 4) & ~15))")"
+}

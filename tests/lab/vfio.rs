@@ -289,7 +289,7 @@ pub fn run_msi(vmm: Vmm, more: impl FnOnce(Lab) -> Lab) -> Result<VfioRun> {
 
     let lab = Lab::new()?
         .name(&name)
-        .timeout(Duration::from_secs(300))
+        .timeout(Duration::from_secs(600))
         .before_boot(reset)
         .l0_args([
             "-object".to_string(),
@@ -346,7 +346,7 @@ pub fn run_msi(vmm: Vmm, more: impl FnOnce(Lab) -> Lab) -> Result<VfioRun> {
 pub fn run_intx(vmm: Vmm, more: impl FnOnce(Lab) -> Lab) -> Result<VfioRun> {
     let lab = Lab::new()?
         .name(&format!("vfio-intx-{}", vmm_name(vmm)))
-        .timeout(Duration::from_secs(300))
+        .timeout(Duration::from_secs(600))
         .l0(|l0| l0.iommu.push_str(",intremap=off"))
         // qxl-vga must be QEMU's first display.
         .device(&QXL.spec())

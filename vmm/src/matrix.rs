@@ -21,16 +21,16 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::config::DeviceConfig;
 use crate::config::{file, KernelConfig, MachineConfig, DEFAULT_BOOT_TIMEOUT};
 use crate::VmConfig;
-use devices::pci::Bdf;
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MatrixFile {
-    #[serde(default, with = "file::bdfs")]
-    devices: Vec<Bdf>,
+    #[serde(default)]
+    devices: Vec<DeviceConfig>,
     #[serde(default, with = "file::duration")]
     timeout: Option<Duration>,
     #[serde(default)]
@@ -48,8 +48,8 @@ struct CaseFile {
     kernel: KernelConfig,
     #[serde(default)]
     machine: MachineConfig,
-    #[serde(default, with = "file::bdfs")]
-    devices: Vec<Bdf>,
+    #[serde(default)]
+    devices: Vec<DeviceConfig>,
     #[serde(default = "default_boot_timeout", with = "file::duration")]
     boot_timeout: Option<Duration>,
 }

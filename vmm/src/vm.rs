@@ -136,10 +136,11 @@ fn preflight(host: &Host, config: &VmConfig) -> Result<Vec<CheckedDevice>> {
     if config.devices.is_empty() {
         return Ok(Vec::new());
     }
-    let checked = check_devices(host, &config.devices)?;
+    let bdfs = config.device_bdfs();
+    let checked = check_devices(host, &bdfs)?;
     let memory = config.machine.memory_bytes;
     let windows = PciWindows::for_guest(memory, host.phys_bits);
-    check_guest_fits(host, &config.devices, memory, &windows)?;
+    check_guest_fits(host, &bdfs, memory, &windows)?;
     Ok(checked)
 }
 
@@ -193,7 +194,7 @@ fn run_vm(
         first_free: ram_slots,
         max: kvm.get_nr_memslots() as u32,
     };
-    devices.attach_passthrough(&vm, &mem, passthrough, slots)?;
+    devices.attach_passthrough(&vm, &mem, passthrough, &config.devices, slots)?;
     if devices.has_passthrough() {
         timeline.mark(Milestone::DevicesReady);
     }

@@ -2,11 +2,13 @@
 //! areas, or all of it) minus the pages holding the MSI-X table and PBA (which we emulate),
 //! mmapped at start-up and mapped into the guest as KVM memory slots while the BAR decodes.
 //! Whatever is not mapped traps and is forwarded to the VFIO region (`device.rs`).
+//! With peer-to-peer on, the same parts are also DMA-mapped in the IOMMU at the BAR's guest
+//! address while it decodes, so other passed-through devices reach them.
 
 use std::sync::Arc;
 
 use crate::pci::{Bar, BarKind};
-use crate::services::{MappingId, MemoryMapper};
+use crate::services::{DmaMapper, MappingId, MemoryMapper};
 
 use super::backend::{RegionInfo, SparseArea, VfioBackend};
 use super::config::BarShadows;
@@ -82,6 +84,15 @@ struct DirectArea {
     offset: u64,
     mapping: DeviceMapping,
     slot: Option<MappingId>,
+    /// Where it is DMA-mapped (peer-to-peer on).
+    iova: Option<u64>,
+}
+
+impl DirectArea {
+    /// Nothing refers to the host mapping any more: it may be munmapped.
+    fn idle(&self) -> bool {
+        self.slot.is_none() && self.iova.is_none()
+    }
 }
 
 /// The directly accessible parts of one BAR.
@@ -96,6 +107,8 @@ pub struct DirectBars {
     memory: Arc<dyn MemoryMapper>,
     page: u64,
     bars: Vec<BarRegion>,
+    /// Peer-to-peer: where the direct parts are also DMA-mapped.
+    dma: Option<Arc<dyn DmaMapper>>,
     /// Mappings whose slot could not be removed at release: the guest may still reach them,
     /// so they stay mapped until the device itself goes (after the vCPUs have stopped).
     stranded: Vec<DirectArea>,
@@ -133,6 +146,7 @@ impl DirectBars {
                         offset: area.offset,
                         mapping,
                         slot: None,
+                        iova: None,
                     }),
                     Err(e) => crate::limited!(
                         warn,
@@ -151,8 +165,28 @@ impl DirectBars {
             memory,
             page,
             bars,
+            dma: None,
             stranded: Vec::new(),
         }
+    }
+
+    /// DMA-map the direct parts at their guest addresses from now on (peer-to-peer). False
+    /// when there is nothing to map: no BAR part could be mmapped.
+    pub fn enable_p2p(&mut self, dma: Arc<dyn DmaMapper>) -> bool {
+        self.dma = Some(dma);
+        !self.bars.is_empty()
+    }
+
+    /// The direct parts' guest ranges DMA-mapped now, (iova, size) sorted.
+    pub fn p2p_ranges(&self) -> Vec<(u64, u64)> {
+        let mut v: Vec<(u64, u64)> = self
+            .bars
+            .iter()
+            .flat_map(|r| &r.areas)
+            .filter_map(|a| Some((a.iova?, a.mapping.len())))
+            .collect();
+        v.sort_unstable();
+        v
     }
 
     /// `bar` decodes at `bar.addr`: put its direct parts into the guest there. A part that
@@ -187,6 +221,26 @@ impl DirectBars {
                     bar.index,
                 ),
             }
+            let Some(dma) = &self.dma else {
+                continue;
+            };
+            // SAFETY: as above: `unmap` removes the DMA mapping before the mapping goes.
+            match unsafe { dma.map(gpa, len, area.mapping.as_ptr()) } {
+                Ok(()) => {
+                    area.iova = Some(gpa);
+                    log::debug!(
+                        "{}: BAR {} {:#x}+{len:#x} DMA-mapped at {gpa:#x} (peer-to-peer)",
+                        self.name,
+                        bar.index,
+                        area.offset
+                    );
+                }
+                Err(e) => crate::limited!(warn,
+                    "{}: BAR {}: {len:#x} bytes at {gpa:#x} not DMA-mapped; other devices cannot reach them: {e}",
+                    self.name,
+                    bar.index,
+                ),
+            }
         }
     }
 
@@ -197,6 +251,15 @@ impl DirectBars {
         let mut all_gone = true;
         for region in self.bars.iter_mut().filter(|r| r.index == index) {
             for area in &mut region.areas {
+                if let (Some(iova), Some(dma)) = (area.iova, &self.dma) {
+                    match dma.unmap(iova, area.mapping.len()) {
+                        Ok(()) => area.iova = None,
+                        Err(e) => {
+                            all_gone = false;
+                            crate::limited!(warn, "{name}: BAR {index}: DMA unmap at {iova:#x}: {e}; its mapping is kept");
+                        }
+                    }
+                }
                 if let Some(id) = area.slot {
                     match memory.unmap(id) {
                         Ok(()) => area.slot = None,
@@ -217,9 +280,15 @@ impl DirectBars {
             self.unmap(index);
         }
         for region in self.bars.drain(..) {
-            let live = region.areas.into_iter().filter(|a| a.slot.is_some());
+            let live = region.areas.into_iter().filter(|a| !a.idle());
             self.stranded.extend(live);
         }
+    }
+
+    /// How many host mappings are kept because the guest or the IOMMU may still reach them.
+    #[cfg(test)]
+    pub fn stranded_count(&self) -> usize {
+        self.stranded.len()
     }
 
     /// The direct ranges of BAR `index` (offset, size), mapped or not.

@@ -6,24 +6,28 @@
 use std::sync::Arc;
 
 use crate::pci::{Bar, PciDevice, PciError, ROM_BAR_INDEX};
-use crate::services::{InterruptRouter, MemoryMapper};
+use crate::services::{DmaMapper, InterruptRouter, MemoryMapper};
 
 use super::backend::{IrqIndex, VfioBackend, CONFIG_REGION, ROM_REGION};
 use super::bars::{DirectBars, TrapRange};
 use crate::pci::config::{
-    merge_dword, BAR0, CAP_ID_MSI, CAP_ID_MSIX, COMMAND, COMMAND_BUS_MASTER, COMMAND_IO,
-    COMMAND_MEMORY, CONFIG_SPACE_SIZE, INTERRUPT_LINE, LEGACY_CONFIG_SIZE, ROM_BAR, VENDOR_ID,
+    merge_dword, BAR0, CAPABILITY_POINTER, CAP_ID_MSI, CAP_ID_MSIX, COMMAND, COMMAND_BUS_MASTER,
+    COMMAND_IO, COMMAND_MEMORY, CONFIG_SPACE_SIZE, INTERRUPT_LINE, LEGACY_CONFIG_SIZE, ROM_BAR,
+    STATUS_CAPABILITIES_LIST, VENDOR_ID,
 };
 
 use super::caps::{self, byte_mask};
 use super::config::BarShadows;
 use super::error::VfioPciError;
 use super::ext_caps::ExtCaps;
+use super::gpudirect::CliqueCap;
 use super::intx::Intx;
 use super::mapping::page_size;
 use super::msi::Msi;
 use super::msix::{self, Msix};
 use super::vectors::IrqCtx;
+
+const NVIDIA: u16 = 0x10de;
 
 /// Borrow the pieces interrupt emulation needs, leaving the emulation state free to borrow
 /// mutably.
@@ -56,6 +60,8 @@ pub struct VfioPciDevice {
     msi: Option<Msi>,
     msix: Option<Msix>,
     ext_caps: ExtCaps,
+    /// NVIDIA GPUDirect clique capability, at the head of the capability list.
+    clique: Option<CliqueCap>,
     intx: Option<Intx>,
     direct: DirectBars,
     released: bool,
@@ -136,6 +142,7 @@ impl VfioPciDevice {
             msi,
             msix,
             ext_caps,
+            clique: None,
             intx,
             direct,
             released: false,
@@ -199,6 +206,51 @@ impl VfioPciDevice {
         }
         self.direct.release();
         self.backend.reset();
+    }
+
+    /// Peer-to-peer: from now on the BARs' mmappable parts are DMA-mapped at their guest
+    /// addresses while they decode (following moves), so other devices in the container reach
+    /// them. Call before the device joins the PCI root (which maps its BARs).
+    pub fn enable_p2p(&mut self, dma: Arc<dyn DmaMapper>) -> Result<(), VfioPciError> {
+        if self.direct.enable_p2p(dma) {
+            Ok(())
+        } else {
+            Err(VfioPciError::NoP2pBars {
+                device: self.name.clone(),
+            })
+        }
+    }
+
+    /// Give the guest NVIDIA's GPUDirect clique capability with `clique` (0-15), so that
+    /// NVIDIA's driver allows P2P between the GPUs of one clique. Call before the guest runs.
+    pub fn add_gpudirect_clique(&mut self, clique: u8) -> Result<(), VfioPciError> {
+        let vendor = self.device_read(VENDOR_ID) as u16;
+        if vendor != NVIDIA {
+            return Err(VfioPciError::CliqueNotNvidia {
+                device: self.name.clone(),
+                vendor,
+            });
+        }
+        let read = |offset: u16| self.device_read(offset);
+        let caps = caps::capabilities(read);
+        let first = caps.first().map_or(0, |c| c.offset as u8);
+        let cap = CliqueCap::place(&caps, read, first, clique & 0xf).ok_or_else(|| {
+            VfioPciError::NoRoomForClique {
+                device: self.name.clone(),
+            }
+        })?;
+        log::info!(
+            "{}: GPUDirect clique {clique} capability at config {:#x}",
+            self.name,
+            cap.offset()
+        );
+        self.clique = Some(cap);
+        Ok(())
+    }
+
+    /// The guest ranges DMA-mapped for peer-to-peer now, (iova, size).
+    pub fn p2p_ranges(&self) -> Vec<(u64, u64)> {
+        self.direct.p2p_ranges()
     }
 
     /// The GSI INTx is wired to, if any.
@@ -338,6 +390,22 @@ impl PciDevice for VfioPciDevice {
         if let Some(value) = self.ext_caps.read(offset) {
             return value;
         }
+        if let Some(cap) = &self.clique {
+            if let Some(value) = cap.read(offset) {
+                return value;
+            }
+            match offset {
+                // The list starts at the clique capability, which the status register says
+                // there is.
+                CAPABILITY_POINTER => {
+                    return self.device_read(offset) & !0xff | u32::from(cap.offset());
+                }
+                COMMAND => {
+                    return self.device_read(offset) | u32::from(STATUS_CAPABILITIES_LIST) << 16
+                }
+                _ => {}
+            }
+        }
         match offset {
             o if is_bar_register(o) => self.shadows.read(o),
             INTERRUPT_LINE => {
@@ -375,7 +443,7 @@ impl PciDevice for VfioPciDevice {
             self.update_irq_mode();
             return;
         }
-        if self.ext_caps.blocks_write(dword) {
+        if self.clique.is_some_and(|c| c.contains(dword)) || self.ext_caps.blocks_write(dword) {
             log::debug!(
                 "{}: config write at {offset:#x} (hidden) dropped",
                 self.name

@@ -47,6 +47,21 @@ pub enum VfioPciError {
         gsi: u32,
         cause: String,
     },
+    #[error(
+        "{device}: peer-to-peer asked for, but none of its BARs can be mapped (VFIO offers no \
+         mmappable BAR area), so no other device could reach them; drop the p2p option"
+    )]
+    NoP2pBars { device: String },
+    #[error(
+        "{device}: a GPUDirect clique is for NVIDIA GPUs (vendor 10de); this device's vendor \
+         is {vendor:04x}; drop the clique option"
+    )]
+    CliqueNotNvidia { device: String, vendor: u16 },
+    #[error(
+        "{device}: no 8 bytes of config space are free for the GPUDirect clique capability; \
+         drop the clique option"
+    )]
+    NoRoomForClique { device: String },
     #[error("{device}: cannot create an eventfd: {source}")]
     EventFd {
         device: String,

@@ -471,3 +471,56 @@ impl MemoryMapper for MockMapper {
         Ok(())
     }
 }
+
+/// Records IOMMU mappings: iova -> (size, host address).
+#[derive(Default)]
+pub struct MockDma(pub Mutex<DmaState>);
+
+#[derive(Default)]
+pub struct DmaState {
+    pub maps: BTreeMap<u64, (u64, usize)>,
+    /// Make `unmap` fail (the mapping stays).
+    pub fail_unmap: bool,
+}
+
+impl MockDma {
+    pub fn state(&self) -> MutexGuard<'_, DmaState> {
+        self.0.lock().unwrap()
+    }
+
+    /// (iova, size) of every mapping, sorted.
+    pub fn ranges(&self) -> Vec<(u64, u64)> {
+        self.state().maps.iter().map(|(i, m)| (*i, m.0)).collect()
+    }
+}
+
+impl crate::services::DmaMapper for MockDma {
+    unsafe fn map(&self, iova: u64, size: u64, host_addr: *mut u8) -> Result<(), ServiceError> {
+        let mut s = self.state();
+        let overlaps = s
+            .maps
+            .iter()
+            .any(|(i, m)| *i < iova + size && iova < i + m.0);
+        if overlaps {
+            return Err(ServiceError(format!(
+                "{iova:#x}+{size:#x} overlaps a mapping"
+            )));
+        }
+        s.maps.insert(iova, (size, host_addr as usize));
+        Ok(())
+    }
+
+    fn unmap(&self, iova: u64, size: u64) -> Result<(), ServiceError> {
+        let mut s = self.state();
+        if s.fail_unmap {
+            return Err(ServiceError("EBUSY".into()));
+        }
+        match s.maps.get(&iova) {
+            Some(m) if m.0 == size => {
+                s.maps.remove(&iova);
+                Ok(())
+            }
+            _ => Err(ServiceError(format!("no mapping {iova:#x}+{size:#x}"))),
+        }
+    }
+}

@@ -11,7 +11,10 @@
 //! - BARs are mmapped where VFIO allows (sparse areas honoured, MSI-X table and PBA pages
 //!   cut out) and become KVM memory slots while they decode (`bars.rs`); the rest traps;
 //! - INTx is an irqfd with resample on a level-triggered IOAPIC pin (`intx.rs`), switched
-//!   off while MSI or MSI-X is on.
+//!   off while MSI or MSI-X is on;
+//! - peer-to-peer (on request): the mmapped BAR parts are DMA-mapped at their guest
+//!   addresses too (`bars.rs`), and an NVIDIA GPU may get the GPUDirect clique
+//!   capability (`gpudirect.rs`).
 //!
 //! Everything that touches VFIO goes through [`VfioBackend`], so the emulation is tested
 //! against an in-memory device (`mock.rs`).
@@ -23,6 +26,7 @@ mod config;
 mod device;
 mod error;
 mod ext_caps;
+mod gpudirect;
 mod intx;
 mod mapping;
 mod msi;

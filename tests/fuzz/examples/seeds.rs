@@ -459,7 +459,8 @@ fn vm_config() {
             "every-field.json".into(),
             1,
             r#"{"kernel": {"path": "/k", "initramfs": "/i", "cmdline": "quiet"},
- "machine": {"vcpus": 2, "memory": "4G"}, "devices": ["01:00.0"],
+ "machine": {"vcpus": 2, "memory": "4G"},
+ "devices": ["01:00.0", "0000:41:00.0,p2p=on,clique=7", "/sys/bus/pci/devices/0000:42:00.1,p2p=off"],
  "boot_timeout": "90s", "timeout": "500ms"}"#
                 .into(),
         ),

@@ -186,7 +186,7 @@ fuzz_target!(|data: &[u8]| {
         state: Mutex::new(state),
         calls: Mutex::new(Vec::new()),
     };
-    let config = VmConfig::new("/boot/vmlinuz").device("0000:01:00.0".parse().unwrap());
+    let config = VmConfig::new("/boot/vmlinuz").device("0000:01:00.0".parse::<vmm::Bdf>().unwrap());
     let r = respond(&req, &vm, &config);
     check_response(&r);
     assert_eq!(

@@ -133,22 +133,6 @@ pub mod duration {
     }
 }
 
-pub mod bdfs {
-    use super::*;
-    use devices::pci::Bdf;
-
-    pub fn serialize<S: Serializer>(list: &[Bdf], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(list.iter().map(|b| b.to_string()))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Bdf>, D::Error> {
-        Vec::<String>::deserialize(d)?
-            .iter()
-            .map(|s| s.parse().map_err(serde::de::Error::custom))
-            .collect()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,6 @@
 //! What a VM is made of, one struct per concern, and the checks that need no KVM.
 
+pub mod device;
 pub mod file;
 pub mod security;
 
@@ -10,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use arch::layout::{MAX_MEMORY, MAX_VCPUS, MIN_MEMORY};
 use arch::units::{format_size, UnitError};
+pub use device::{DeviceConfig, DeviceError};
 use devices::pci::address::{MAX_DEVICES, MAX_FUNCTIONS};
 use devices::pci::Bdf;
 pub use security::{SecurityConfig, SecurityError};
@@ -56,9 +58,9 @@ pub struct VmConfig {
     pub kernel: KernelConfig,
     #[serde(default)]
     pub machine: MachineConfig,
-    /// Host PCI devices to pass through with VFIO.
-    #[serde(default, with = "file::bdfs")]
-    pub devices: Vec<devices::pci::Bdf>,
+    /// Host PCI devices to pass through with VFIO, each with its options.
+    #[serde(default)]
+    pub devices: Vec<DeviceConfig>,
     /// Fail the run when the guest has not touched the serial port or the marker port within
     /// this time: a kernel that never boots. `None` waits forever.
     #[serde(default = "default_boot_timeout", with = "file::duration")]
@@ -124,10 +126,15 @@ impl VmConfig {
         self
     }
 
-    /// Builder: one more host PCI device to pass through.
-    pub fn device(mut self, bdf: devices::pci::Bdf) -> Self {
-        self.devices.push(bdf);
+    /// Builder: one more host PCI device to pass through (a [`Bdf`] for no options).
+    pub fn device(mut self, device: impl Into<DeviceConfig>) -> Self {
+        self.devices.push(device.into());
         self
+    }
+
+    /// The host addresses of the devices, in order.
+    pub fn device_bdfs(&self) -> Vec<Bdf> {
+        self.devices.iter().map(|d| d.bdf).collect()
     }
 
     /// Builder: the run time limit (`None` lets the guest run until it ends).
@@ -171,6 +178,8 @@ pub enum ConfigError {
     NoKernel,
     #[error(transparent)]
     Security(#[from] SecurityError),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
 }
 
 /// Guest PCI slots for passed-through devices: bus 0 only (no bridges), slot 0 is the host
@@ -195,7 +204,10 @@ impl VmConfig {
     /// RAM, `host_ram` bytes, None when unknown) and the number of devices.
     pub fn validate(&self, host_ram: Option<u64>) -> Result<(), ConfigError> {
         self.machine.validate(host_ram)?;
-        validate_devices(&self.devices)
+        for d in &self.devices {
+            d.validate()?;
+        }
+        validate_devices(&self.device_bdfs())
     }
 }
 
@@ -293,7 +305,8 @@ mod tests {
             .cmdline("quiet")
             .vcpus(4)
             .memory(2 << 30)
-            .device("01:00.0".parse().unwrap())
+            .device("01:00.0".parse::<Bdf>().unwrap())
+            .device("02:00.0,p2p=on".parse::<DeviceConfig>().unwrap())
             .boot_timeout(None)
             .timeout(Some(Duration::from_secs(5)));
         assert_eq!(
@@ -302,7 +315,8 @@ mod tests {
         );
         assert_eq!(cfg.kernel.cmdline, "quiet");
         assert_eq!((cfg.machine.vcpus, cfg.machine.memory_bytes), (4, 2 << 30));
-        assert_eq!(cfg.devices.len(), 1);
+        let devices: Vec<String> = cfg.devices.iter().map(|d| d.to_string()).collect();
+        assert_eq!(devices, ["0000:01:00.0", "0000:02:00.0,p2p=on"]);
         assert_eq!(cfg.boot_timeout, None);
         assert_eq!(cfg.timeout, Some(Duration::from_secs(5)));
     }
@@ -388,7 +402,7 @@ mod tests {
         assert!(validate_devices(&repeated).is_err());
         let many: Vec<Bdf> = (0..=254).map(|i| bdf(i, 0, 0)).collect();
         let mut cfg = VmConfig::new("/k");
-        cfg.devices = many;
+        cfg.devices = many.into_iter().map(DeviceConfig::from).collect();
         assert!(matches!(
             cfg.validate(None),
             Err(ConfigError::TooManyDevices {

@@ -16,6 +16,8 @@ use std::sync::Arc;
 
 use arch::pci_windows::PciWindows;
 use devices::Bus;
+
+use crate::config::DeviceConfig;
 use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
 
@@ -70,17 +72,19 @@ impl DeviceManager {
         })
     }
 
-    /// Pass `devices` through (nothing to do when empty): open them, place them on the PCI
-    /// root and DMA-map `mem`. On an error, what was opened is released again.
+    /// Pass `devices` through (nothing to do when empty) with their `options` (the same
+    /// order): open them, place them on the PCI root and DMA-map `mem`. On an error, what
+    /// was opened is released again.
     pub fn attach_passthrough(
         &mut self,
         vm: &Arc<VmFd>,
         mem: &GuestMemoryMmap,
         devices: &[CheckedDevice],
+        options: &[DeviceConfig],
         slots: SlotRange,
     ) -> Result<()> {
         if !devices.is_empty() {
-            let attached = passthrough::attach(vm, mem, &self.pci.root, devices, slots)?;
+            let attached = passthrough::attach(vm, mem, &self.pci.root, devices, options, slots)?;
             self.passthrough = Some(attached);
         }
         Ok(())

@@ -13,6 +13,7 @@ use vm_memory::GuestMemoryMmap;
 
 use super::pci::place;
 use super::vfio_container::VfioContainerState;
+use crate::config::DeviceConfig;
 use crate::error::{Error, PassthroughError, Result};
 use crate::interrupts::KvmInterruptRouter;
 use crate::slots::KvmMemoryMapper;
@@ -34,13 +35,15 @@ pub struct PassedThrough {
     pub dma_map_time: Duration,
 }
 
-/// Open every device, put it on `root` at its guest address, and DMA-map guest RAM.
-/// On an error half-way, what was opened is released before the error is returned.
+/// Open every device, set it up as `options` (in the same order) say, put it on `root` at
+/// its guest address, and DMA-map guest RAM. On an error half-way, what was opened is
+/// released before the error is returned.
 pub fn attach(
     vm: &Arc<VmFd>,
     mem: &GuestMemoryMmap,
     root: &PciRoot,
     devices: &[CheckedDevice],
+    options: &[DeviceConfig],
     slots: SlotRange,
 ) -> Result<PassedThrough> {
     let mut attached = PassedThrough {
@@ -54,8 +57,9 @@ pub fn attach(
         slots.first_free,
         slots.max,
     ));
+    let dma = attached.container.dma_mapper();
     let bdfs: Vec<_> = devices.iter().map(|d| d.bdf).collect();
-    for (dev, guest) in devices.iter().zip(place(&bdfs)) {
+    for ((dev, opts), guest) in devices.iter().zip(options).zip(place(&bdfs)) {
         let host_bdf = dev.bdf;
         let failed = |source: PassthroughError| Error::Vfio {
             what: host_bdf.to_string(),
@@ -75,12 +79,32 @@ pub fn attach(
             intx_gsi,
         )
         .map_err(|e| failed(e.into()))?;
+        let mut device = device;
+        if opts.p2p {
+            device
+                .enable_p2p(dma.clone())
+                .map_err(|e| failed(e.into()))?;
+        }
+        if let Some(clique) = opts.clique {
+            device
+                .add_gpudirect_clique(clique)
+                .map_err(|e| failed(e.into()))?;
+        }
         let device = Arc::new(Mutex::new(device));
         attached.devices.push(device.clone());
         let at = root
             .add_device(Some(guest.device), guest.function, device)
             .map_err(|e| failed(e.into()))?;
         log::info!("{host_bdf} is {at} in the guest (INTx GSI {intx_gsi:?})");
+        if opts.p2p {
+            let ranges = attached.devices.last().map_or_else(Vec::new, |d| {
+                d.lock().unwrap_or_else(|e| e.into_inner()).p2p_ranges()
+            });
+            log::info!(
+                "{host_bdf}: peer-to-peer DMA mappings {}",
+                describe_ranges(&ranges)
+            );
+        }
     }
     attached.dma_map_time = attached.container.map_guest_ram(mem)?;
     log::info!(
@@ -89,6 +113,18 @@ pub fn attach(
         attached.dma_map_time.as_secs_f64() * 1000.0
     );
     Ok(attached)
+}
+
+/// "0xc0000000+0x4000, 0x1000000000+0x40000" ("none" when empty).
+fn describe_ranges(ranges: &[(u64, u64)]) -> String {
+    if ranges.is_empty() {
+        return "none (no BAR decodes yet)".into();
+    }
+    let list: Vec<String> = ranges
+        .iter()
+        .map(|(a, l)| format!("{a:#x}+{l:#x}"))
+        .collect();
+    list.join(", ")
 }
 
 impl Drop for PassedThrough {

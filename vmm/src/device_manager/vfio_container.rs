@@ -6,6 +6,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use devices::services::{DmaMapper, ServiceError};
 use kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
 use kvm_ioctls::VmFd;
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd, VfioError, VfioOps};
@@ -70,6 +71,37 @@ impl VfioContainerState {
         })?;
         self.mapped_ram = Some(mem.clone());
         Ok(start.elapsed())
+    }
+}
+
+impl VfioContainerState {
+    /// The container's IOMMU mappings for devices' BARs (peer-to-peer).
+    pub fn dma_mapper(&self) -> Arc<dyn DmaMapper> {
+        Arc::new(ContainerDma(self.container.clone()))
+    }
+}
+
+/// DMA mappings in the container beside guest RAM: iova = guest physical.
+struct ContainerDma(Arc<VfioContainer>);
+
+impl DmaMapper for ContainerDma {
+    unsafe fn map(
+        &self,
+        iova: u64,
+        size: u64,
+        host_addr: *mut u8,
+    ) -> std::result::Result<(), ServiceError> {
+        let size = usize::try_from(size).map_err(|_| ServiceError("size too large".into()))?;
+        // SAFETY: the caller keeps `host_addr..+size` mapped until `unmap` succeeds.
+        unsafe { self.0.vfio_dma_map(iova, size, host_addr) }
+            .map_err(|e| ServiceError(format!("VFIO_IOMMU_MAP_DMA: {}", describe(&e))))
+    }
+
+    fn unmap(&self, iova: u64, size: u64) -> std::result::Result<(), ServiceError> {
+        let size = usize::try_from(size).map_err(|_| ServiceError("size too large".into()))?;
+        self.0
+            .vfio_dma_unmap(iova, size)
+            .map_err(|e| ServiceError(format!("VFIO_IOMMU_UNMAP_DMA: {}", describe(&e))))
     }
 }
 

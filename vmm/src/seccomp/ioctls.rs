@@ -31,6 +31,7 @@ pub const VFIO_DEVICE_GET_REGION_INFO: u64 = ioc(0, VFIO, VFIO_BASE + 8, 0);
 pub const VFIO_DEVICE_GET_IRQ_INFO: u64 = ioc(0, VFIO, VFIO_BASE + 9, 0);
 pub const VFIO_DEVICE_SET_IRQS: u64 = ioc(0, VFIO, VFIO_BASE + 10, 0);
 pub const VFIO_DEVICE_RESET: u64 = ioc(0, VFIO, VFIO_BASE + 11, 0);
+pub const VFIO_IOMMU_MAP_DMA: u64 = ioc(0, VFIO, VFIO_BASE + 13, 0);
 pub const VFIO_IOMMU_UNMAP_DMA: u64 = ioc(0, VFIO, VFIO_BASE + 14, 0);
 
 /// std's `set_nonblocking` on a socket.
@@ -55,6 +56,7 @@ mod tests {
             (VFIO_DEVICE_GET_IRQ_INFO, 0x3b6d),
             (VFIO_DEVICE_SET_IRQS, 0x3b6e),
             (VFIO_DEVICE_RESET, 0x3b6f),
+            (VFIO_IOMMU_MAP_DMA, 0x3b71),
             (VFIO_IOMMU_UNMAP_DMA, 0x3b72),
             (FIONBIO, 0x5421),
         ] {

@@ -74,8 +74,9 @@ const VM_IOCTLS: &[u64] = &[
 /// KVM_RUN and the device emulation behind its exits: VFIO region reads and writes
 /// (pread/pwrite on the device fd), the console's output, interrupt eventfds, and what a
 /// guest moving BARs or programming MSI/MSI-X makes the VMM do (KVM slots, GSI routes,
-/// irqfds, VFIO_DEVICE_SET_IRQS with new eventfds). Its own registers may be read (for
-/// reporting a crash); nothing else of KVM's.
+/// irqfds, VFIO_DEVICE_SET_IRQS with new eventfds, and for a peer-to-peer device the BAR's
+/// IOMMU mappings). Its own registers may be read (for reporting a crash); nothing else of
+/// KVM's.
 const VCPU: &[i64] = &[
     libc::SYS_read,
     libc::SYS_pread64,
@@ -95,6 +96,8 @@ const VCPU_IOCTLS: &[u64] = &[
     VFIO_DEVICE_GET_IRQ_INFO,
     VFIO_DEVICE_GET_REGION_INFO,
     VFIO_DEVICE_RESET,
+    VFIO_IOMMU_MAP_DMA,
+    VFIO_IOMMU_UNMAP_DMA,
 ];
 
 /// One connection at a time on the bound socket (poll, accept, timeouts, read, write,

@@ -267,3 +267,51 @@ fn the_host_addresses_of_the_bars_are_offered_as_preferences() {
         ]
     );
 }
+
+/// The guest's capability list from 0x34: (offset, id).
+fn guest_caps(r: &mut Rig) -> Vec<(u16, u8)> {
+    let mut list = Vec::new();
+    let mut ptr = (r.read(0x34) & 0xfc) as u16;
+    while ptr >= 0x40 && list.len() < 48 {
+        let header = r.read(ptr);
+        list.push((ptr, header as u8));
+        ptr = ((header >> 8) & 0xfc) as u16;
+    }
+    list
+}
+
+#[test]
+fn a_gpudirect_clique_heads_the_capability_list() {
+    let mut r = rig();
+    let before = guest_caps(&mut r);
+    r.dev.add_gpudirect_clique(9).unwrap();
+    let after = guest_caps(&mut r);
+    assert_eq!(
+        after[0],
+        (0xd4, 0x09),
+        "the vendor capability at 0xd4 first"
+    );
+    assert_eq!(after[1..], before[..], "then the device's own list");
+    assert_eq!(r.read(0xd4), u32::from_le_bytes([0x09, 0x40, 8, b'P']));
+    assert_eq!(r.read(0xd8), u32::from_le_bytes([b'2', b'P', 9 << 3, 0]));
+    assert_ne!(r.read(0x04) & 1 << 20, 0, "status says there is a list");
+    // Read-only: the guest cannot change it, and the device never sees the writes.
+    r.forget_calls();
+    r.write32(0xd8, 0);
+    assert_eq!(r.read(0xd8) >> 16 & 0xff, 9 << 3);
+    assert!(r.backend.state().config_writes().is_empty());
+}
+
+#[test]
+fn a_clique_on_another_vendor_is_refused() {
+    let backend = MockBackend::standard();
+    backend.state().config_mut()[0..2].copy_from_slice(&0x1002u16.to_le_bytes());
+    let mut r = rig_with(backend, Some(INTX_GSI)).unwrap();
+    let err = r.dev.add_gpudirect_clique(1).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("vendor is 1002; drop the clique option"),
+        "{err}"
+    );
+    assert_eq!(r.read(0x34) & 0xff, 0x40, "the list is the device's");
+}

@@ -5,6 +5,7 @@ mod config;
 mod intx;
 mod msi;
 mod msix;
+mod p2p;
 mod release;
 
 use std::sync::Arc;

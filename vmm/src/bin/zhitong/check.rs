@@ -8,7 +8,8 @@ use crate::cli::CheckArgs;
 
 pub fn main(args: &CheckArgs) -> i32 {
     let host = Host::from_env();
-    let findings = check_all(&host, &args.devices, args.memory);
+    let bdfs: Vec<_> = args.devices.iter().map(|d| d.bdf).collect();
+    let findings = check_all(&host, &bdfs, args.memory);
     let ready = ready(&findings);
     if args.json {
         let report = Report {

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use devices::pci::Bdf;
 use vmm::config::parse_vcpus;
 use vmm::config::security::SeccompMode;
-use vmm::config::ConfigError;
+use vmm::config::{ConfigError, DeviceConfig};
 use vmm::VmConfig;
 
 #[derive(Debug, Parser)]
@@ -108,9 +108,10 @@ pub struct DevicesArgs {
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// A device to pass through (repeatable): 0000:01:00.0, 01:00.0 or its sysfs path.
-    #[arg(long = "device", value_name = "PATH|BDF", value_parser = parse_device_arg)]
-    pub devices: Vec<Bdf>,
+    /// A device to pass through (repeatable): 0000:01:00.0, 01:00.0 or its sysfs path,
+    /// with the options 'run --device' takes.
+    #[arg(long = "device", value_name = "PATH|BDF[,OPTION...]", value_parser = parse_device_config_arg)]
+    pub devices: Vec<DeviceConfig>,
     /// The guest RAM the run will have (pinned for DMA; decides where BARs go).
     #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_size_arg)]
     pub memory: u64,
@@ -157,10 +158,12 @@ pub struct RunArgs {
     /// Guest RAM, e.g. 512M or 4G (a plain number means MiB) [default: 512M].
     #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
     pub memory: Option<u64>,
-    /// Pass a host PCI device through with VFIO: a BDF (0000:01:00.0) or its sysfs path.
-    /// Repeatable. The device must be bound to vfio-pci (see 'zhitong bind').
-    #[arg(long = "device", value_name = "PATH|BDF", value_parser = parse_device_arg)]
-    pub devices: Vec<Bdf>,
+    /// Pass a host PCI device through with VFIO: a BDF (0000:01:00.0) or its sysfs path,
+    /// then options: p2p=on (its BARs DMA-mapped so other passed-through devices reach
+    /// them), clique=0-15 (NVIDIA GPUDirect clique; needs p2p=on). Repeatable. The device
+    /// must be bound to vfio-pci (see 'zhitong bind').
+    #[arg(long = "device", value_name = "PATH|BDF[,OPTION...]", value_parser = parse_device_config_arg)]
+    pub devices: Vec<DeviceConfig>,
     /// Print the boot timeline as one JSON line on stderr at exit.
     #[arg(long)]
     pub timings: bool,
@@ -193,6 +196,11 @@ pub struct RunArgs {
 
 fn parse_device_arg(s: &str) -> Result<Bdf, String> {
     s.parse().map_err(|e: devices::pci::BadBdf| e.to_string())
+}
+
+fn parse_device_config_arg(s: &str) -> Result<DeviceConfig, String> {
+    s.parse()
+        .map_err(|e: vmm::config::DeviceError| e.to_string())
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {

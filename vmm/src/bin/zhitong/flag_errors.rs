@@ -57,6 +57,7 @@ fn config_message(e: &ConfigError) -> String {
         }
         ConfigError::Security(e) => e.worded("--user"),
         // Already in the words of the value or the file.
+        ConfigError::Device(d) => format!("--device: {d}"),
         ConfigError::Unit(_) | ConfigError::File { .. } => e.to_string(),
     }
 }

@@ -46,7 +46,7 @@ fn all_flags() {
         "--device",
         "0000:01:00.0",
         "--device",
-        "/sys/bus/pci/devices/0000:02:00.1",
+        "/sys/bus/pci/devices/0000:02:00.1,p2p=on,clique=3",
         "--timeout",
         "90s",
         "--console-log",
@@ -64,7 +64,7 @@ fn all_flags() {
     assert!(args.timings);
     assert_eq!(cfg.boot_timeout, None);
     let devices: Vec<String> = cfg.devices.iter().map(|d| d.to_string()).collect();
-    assert_eq!(devices, ["0000:01:00.0", "0000:02:00.1"]);
+    assert_eq!(devices, ["0000:01:00.0", "0000:02:00.1,p2p=on,clique=3"]);
     assert_eq!(cfg.timeout, Some(Duration::from_secs(90)));
     assert_eq!(args.console_log, Some(PathBuf::from("/tmp/c.log")));
     assert!(args.console_timestamps);
@@ -84,6 +84,15 @@ fn errors_are_one_line_with_the_fix() {
         (run_args(&["--memory", "lots"]), "512M or 4G"),
         (run_args(&["--frobnicate"]), "--frobnicate"),
         (run_args(&["--device", "gpu0"]), "0000:01:00.0"),
+        (
+            run_args(&["--device", "01:00.0,rombar=0"]),
+            "device option 'rombar' is unknown; the options are p2p=on|off and clique=0-15",
+        ),
+        (
+            run_args(&["--device", "01:00.0,p2p=on,clique=16"]),
+            "want clique=0-15",
+        ),
+        (run_args(&["--device", "01:00.0,clique=2"]), "needs p2p=on"),
         (run_args(&["--timeout", "soon"]), "90s"),
         (run_args(&["--console-timestamps"]), "--console-log"),
         (parse(["zhitong", "run"]), "--kernel"),
