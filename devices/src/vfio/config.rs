@@ -138,6 +138,13 @@ impl BarShadows {
         true
     }
 
+    /// Every BAR back to its reset state (after a function reset): unassigned.
+    pub fn reset(&mut self) {
+        for bar in self.bars.iter_mut().flatten() {
+            bar.reset();
+        }
+    }
+
     pub fn bars(&self, command: u16) -> Vec<Bar> {
         (0..=ROM_BAR_INDEX)
             .filter_map(|i| Some(self.get(i)?.to_bar(i, command)))

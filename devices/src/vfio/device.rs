@@ -11,9 +11,9 @@ use crate::services::{DmaMapper, InterruptRouter, MemoryMapper};
 use super::backend::{IrqIndex, VfioBackend, CONFIG_REGION, ROM_REGION};
 use super::bars::{DirectBars, TrapRange};
 use crate::pci::config::{
-    merge_dword, BAR0, CAPABILITY_POINTER, CAP_ID_MSI, CAP_ID_MSIX, COMMAND, COMMAND_BUS_MASTER,
-    COMMAND_IO, COMMAND_MEMORY, CONFIG_SPACE_SIZE, INTERRUPT_LINE, LEGACY_CONFIG_SIZE, ROM_BAR,
-    STATUS_CAPABILITIES_LIST, VENDOR_ID,
+    merge_dword, BAR0, CAPABILITY_POINTER, CAP_ID_MSI, CAP_ID_MSIX, CAP_ID_PCIE, COMMAND,
+    COMMAND_BUS_MASTER, COMMAND_IO, COMMAND_MEMORY, CONFIG_SPACE_SIZE, INTERRUPT_LINE,
+    LEGACY_CONFIG_SIZE, ROM_BAR, STATUS_CAPABILITIES_LIST, VENDOR_ID,
 };
 
 use super::caps::{self, byte_mask};
@@ -59,6 +59,8 @@ pub struct VfioPciDevice {
     pin: u8,
     msi: Option<Msi>,
     msix: Option<Msix>,
+    /// Config offset of the PCI Express capability (its Device Control has the FLR bit).
+    pcie_cap: Option<u16>,
     ext_caps: ExtCaps,
     /// NVIDIA GPUDirect clique capability, at the head of the capability list.
     clique: Option<CliqueCap>,
@@ -96,6 +98,7 @@ impl VfioPciDevice {
         let find = |id| caps.iter().find(|c| c.id == id).map(|c| c.offset);
         let msi = find(CAP_ID_MSI).map(|cap| Msi::probe(cap, read, vfio_count(IrqIndex::Msi)));
         let msix = find(CAP_ID_MSIX).map(|cap| Msix::probe(cap, read, vfio_count(IrqIndex::Msix)));
+        let pcie_cap = find(CAP_ID_PCIE);
         let ext_caps = ExtCaps::probe(&name, read, config_size);
 
         let shadows = BarShadows::probe(
@@ -141,6 +144,7 @@ impl VfioPciDevice {
             command,
             msi,
             msix,
+            pcie_cap,
             ext_caps,
             clique: None,
             intx,
@@ -311,6 +315,59 @@ impl VfioPciDevice {
         }
     }
 
+    /// Whether a config write sets Initiate Function Level Reset (PCIe Device Control bit
+    /// 15, byte 9 of the capability). VFIO performs the reset (and restores the host's view
+    /// of the device); the guest's view is ours to reset.
+    fn starts_flr(&self, offset: u16, data: &[u8]) -> bool {
+        let Some(cap) = self.pcie_cap else {
+            return false;
+        };
+        let flr_byte = cap + 9;
+        (offset..offset + data.len() as u16).contains(&flr_byte)
+            && data[usize::from(flr_byte - offset)] & 0x80 != 0
+    }
+
+    /// The guest reset the function: what a reset clears, cleared in the shadows too: BARs
+    /// unassigned, decoding and bus mastering off (on the device too: VFIO's restore turned
+    /// them back on), MSI and MSI-X off with fresh tables, INTx back.
+    fn after_guest_reset(&mut self) {
+        crate::limited!(
+            info,
+            "{}: the guest reset the device (FLR): BARs, command and MSI/MSI-X shadows reset",
+            self.name
+        );
+        let ctx = irq_ctx!(self);
+        if let Some(msix) = self.msix.as_mut() {
+            msix.teardown(&ctx);
+        }
+        if let Some(msi) = self.msi.as_mut() {
+            msi.teardown(&ctx);
+        }
+        let (backend, count) = (&*self.backend, |i| {
+            self.backend.irq_info(i).map_or(0, |info| info.count)
+        });
+        let read = |offset: u16| {
+            let mut b = [0u8; 4];
+            backend.region_read(CONFIG_REGION, u64::from(offset), &mut b);
+            u32::from_le_bytes(b)
+        };
+        let msi = self
+            .msi
+            .as_ref()
+            .map(|m| Msi::probe(m.cap_offset(), read, count(IrqIndex::Msi)));
+        let msix = self
+            .msix
+            .as_ref()
+            .map(|m| Msix::probe(m.cap_offset(), read, count(IrqIndex::Msix)));
+        self.msi = msi;
+        self.msix = msix;
+        self.shadows.reset();
+        self.command = 0;
+        self.backend
+            .region_write(CONFIG_REGION, u64::from(COMMAND), &0u16.to_le_bytes());
+        self.update_irq_mode();
+    }
+
     /// Whether a trapped access to BAR `index` at `offset` fits the BAR.
     fn bar_access_ok(&self, index: u8, offset: u64, len: usize) -> bool {
         let ok = self.shadows.get(index).is_some_and(|bar| {
@@ -465,6 +522,9 @@ impl PciDevice for VfioPciDevice {
                 }
                 self.backend
                     .region_write(CONFIG_REGION, u64::from(offset), data);
+                if self.starts_flr(offset, data) {
+                    self.after_guest_reset();
+                }
             }
         }
     }

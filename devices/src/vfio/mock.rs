@@ -23,6 +23,7 @@ use super::mapping::DeviceMapping;
 pub const MSI_CAP: u16 = 0x50;
 pub const MSIX_CAP: u16 = 0x70;
 pub const VENDOR_CAP: u16 = 0x80;
+pub const PCIE_CAP: u16 = 0x90;
 pub const MSIX_TABLE: u64 = 0xa_0000;
 pub const MSIX_PBA: u64 = 0xa_1000;
 pub const MSIX_VECTORS: usize = 16;
@@ -158,7 +159,13 @@ fn standard_config() -> Vec<u8> {
     put(0x72, &(MSIX_VECTORS as u16 - 1).to_le_bytes());
     put(0x74, &(MSIX_TABLE as u32 | 2).to_le_bytes());
     put(0x78, &(MSIX_PBA as u32 | 2).to_le_bytes());
-    put(0x80, &[0x09, 0x00, 0x08, 0xaa, 0xbb, 0xcc, 0xdd, 0xee]); // vendor-specific
+    put(
+        0x80,
+        &[0x09, PCIE_CAP as u8, 0x08, 0xaa, 0xbb, 0xcc, 0xdd, 0xee],
+    ); // vendor-specific
+       // PCI Express (v2, endpoint), last; Device Capabilities says FLR.
+    put(PCIE_CAP as usize, &[0x10, 0x00, 0x02, 0x00]);
+    put(PCIE_CAP as usize + 4, &(1u32 << 28).to_le_bytes());
     put(0x100, &0x1401_0001_u32.to_le_bytes()); // AER, next 0x140
     put(0x140, &0x1601_0015_u32.to_le_bytes()); // Resizable BAR, next 0x160 (hidden)
     put(0x144, &0x0000_fff0_u32.to_le_bytes());

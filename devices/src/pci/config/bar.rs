@@ -136,6 +136,12 @@ impl BarShadow {
         self.addr = addr & self.addr_mask();
     }
 
+    /// Back to the reset state: no address, the ROM disabled.
+    pub fn reset(&mut self) {
+        self.addr = 0;
+        self.rom_enable = false;
+    }
+
     /// The ROM BAR's own enable bit (always false for other kinds).
     pub fn rom_enabled(&self) -> bool {
         self.rom_enable

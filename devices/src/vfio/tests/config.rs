@@ -9,7 +9,7 @@ fn passthrough_registers_come_from_the_device() {
     assert_eq!(r.read(0x00), 0x1eb8_10de);
     assert_eq!(r.read(0x08), 0x0302_00a1);
     assert_eq!(r.read(0x2c), 0x1234_10de);
-    assert_eq!(r.read(VENDOR_CAP), 0xaa08_0009);
+    assert_eq!(r.read(VENDOR_CAP), 0xaa08_9009);
     assert_eq!(r.read(0x160), 0x0001_0018, "extended config space");
     r.backend
         .state()

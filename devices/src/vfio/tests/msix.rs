@@ -334,3 +334,49 @@ fn host_vectors_follow_the_entries_in_use() {
     assert_eq!(enables(&r), before);
     assert_eq!(r.router.state().irqfds.len(), 2);
 }
+
+#[test]
+fn a_guest_flr_resets_bars_command_and_msix() {
+    use super::super::mock::PCIE_CAP;
+    let mut r = rig();
+    r.dev.assign_bar(0, 0xc000_0000);
+    r.write16(0x04, 0x0006);
+    r.write16(MSIX_CAP + 2, ENABLE);
+    program(&mut r, 1, false);
+    assert!(r.dev.msix_state().unwrap().is_active());
+    assert!(!r.router.state().irqfds.is_empty());
+
+    // Device Control: Initiate FLR (bit 15), as Linux's pcie_flr writes it.
+    r.forget_calls();
+    r.write16(PCIE_CAP + 8, 0x8000);
+    let calls = r.backend.state().config_writes();
+    assert_eq!(
+        calls[0],
+        (u64::from(PCIE_CAP + 8), vec![0x00, 0x80]),
+        "VFIO gets the FLR"
+    );
+    assert_eq!(r.read(0x10), 0, "BAR unassigned");
+    assert_eq!(r.read(0x04) & 0x7, 0, "decode and bus mastering off");
+    assert_eq!(
+        r.backend.state().config()[4..6],
+        [0, 0],
+        "on the device too"
+    );
+    assert!(!r.dev.msix_state().unwrap().is_active(), "MSI-X off");
+    assert_eq!(r.read(MSIX_CAP) >> 16 & 0x8000, 0);
+    let table_entry = {
+        let mut b = [0u8; 4];
+        r.dev.bar_read(2, MSIX_TABLE + 16 + 12, &mut b);
+        u32::from_le_bytes(b)
+    };
+    assert_eq!(table_entry, 1, "the table is back to masked entries");
+    let router = r.router.state();
+    assert!(router.irqfds.is_empty() && router.routes.is_empty() && router.allocated.is_empty());
+    assert_eq!(router.resample_irqfds.len(), 1, "INTx is back");
+    drop(router);
+
+    // Other Device Control writes are no reset.
+    r.write16(0x04, 0x0002);
+    r.write16(PCIE_CAP + 8, 0x2810);
+    assert_eq!(r.read(0x04) & 0x2, 0x2);
+}

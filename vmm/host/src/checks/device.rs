@@ -258,3 +258,24 @@ pub fn bars(
         })
         .collect()
 }
+
+/// How the device can be reset between VMs: the kernel's `reset_method` (5.15+: "flr pm
+/// bus", empty when there is none), else whether it has a `reset` attribute at all. A
+/// device with none starts the next VM as this one left it (firmware state, a hung
+/// engine): worth a warning, not a refusal (many such devices still work).
+pub fn reset(sys: &Sysfs, bdf: Bdf) -> Finding {
+    let methods = sys.attr(&bdf, "reset_method");
+    let has_reset = sys.device_dir(&bdf).join("reset").exists();
+    match methods.as_deref() {
+        Some(m) if !m.is_empty() => {
+            Finding::ok("reset", format!("{bdf} can be reset between VMs ({m})"))
+        }
+        None if has_reset => Finding::ok("reset", format!("{bdf} can be reset between VMs")),
+        _ => Finding::warn(
+            "reset",
+            format!("{bdf} has no reset method (no FLR, PM or bus reset): the next VM meets it as this one left it"),
+            "prefer a device with FLR for VMs that follow each other; if it misbehaves in the next VM, reset it on the host (remove it and rescan the bus: echo 1 > /sys/bus/pci/devices/BDF/remove; echo 1 > /sys/bus/pci/rescan) or reboot",
+        ),
+    }
+    .on(bdf)
+}

@@ -8,7 +8,9 @@
 mod device;
 mod host;
 
-pub use device::{bars, device_chain, duplicate_device, vfio_group_open_failed, VIABLE_DRIVERS};
+pub use device::{
+    bars, device_chain, duplicate_device, reset, vfio_group_open_failed, VIABLE_DRIVERS,
+};
 pub use host::{
     interrupt_remapping, iommu, iommu_fix, kvm, kvm_open_failed, memlock, vfio_modules,
 };
@@ -51,6 +53,7 @@ pub fn check_all(host: &Host, devices: &[Bdf], memory: u64) -> Vec<Finding> {
             }
         }
     }
+    findings.extend(present.iter().map(|&bdf| reset(&host.sysfs, bdf)));
     findings.extend(bars(
         &host.sysfs,
         &present,

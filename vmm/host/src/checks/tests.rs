@@ -34,8 +34,11 @@ fn gpu_host(name: &str) -> FakeSysfs {
             (6, 512 << 10, false, false, false),
         ],
     );
+    fake.file("sys/bus/pci/devices/0000:01:00.0/reset_method", "flr bus\n");
     fake.device("0000:01:00.1", Some("vfio-pci"), Some(12), 0);
     fake.ids("0000:01:00.1", 0x10de, 0x22ba, 0x040300);
+    // The audio function: no reset method (an empty reset_method, as the kernel shows it).
+    fake.file("sys/bus/pci/devices/0000:01:00.1/reset_method", "\n");
     fake.bars("0000:01:00.1", &[(0, 16 << 10, false, false, false)]);
     fake
 }
@@ -68,6 +71,8 @@ fn ready_host_with_a_bound_gpu() {
             "group-viable",
             "group-node",
             "driver",
+            "reset",
+            "reset",
             "bars",
             "bars"
         ]
@@ -77,8 +82,18 @@ fn ready_host_with_a_bound_gpu() {
         .filter(|f| f.device == Some(bdf("01:00.0")))
         .collect();
     let gpu_checks: Vec<&str> = gpu.iter().map(|f| f.check).collect();
-    assert_eq!(gpu_checks, ["driver", "group-viable", "group-node", "bars"]);
-    assert!(gpu[3].message.contains("32G"), "{}", gpu[3].message);
+    assert_eq!(
+        gpu_checks,
+        ["driver", "group-viable", "group-node", "reset", "bars"]
+    );
+    assert!(gpu[3].message.ends_with("(flr bus)") && !gpu[3].is_fail());
+    assert!(gpu[4].message.contains("32G"), "{}", gpu[4].message);
+    let audio_reset = findings
+        .iter()
+        .find(|f| f.check == "reset" && f.device == Some(bdf("01:00.1")))
+        .unwrap();
+    assert_eq!(audio_reset.status, Status::Warn);
+    assert!(audio_reset.message.contains("no reset method"));
     assert!(!ready(&findings));
 }
 
