@@ -50,7 +50,7 @@ fn more_msi(lab: Lab) -> Lab {
                 &["bochs"],
                 &[
                     format!(
-                        "bar_move_test $(pci_dev {} {}) 0x2000000",
+                        "bar_move_test $(pci_dev {} {}) -0x2000000",
                         BOCHS.ids.0, BOCHS.ids.1
                     ),
                     format!(

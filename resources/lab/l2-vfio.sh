@@ -212,7 +212,7 @@ cfg_write() {
     le32 "$4" | head -c "$3" | dd of="$1/config" bs="$3" seek=$(($2 / $3)) conv=notrunc 2>/dev/null
 }
 
-# bar_move_test DEV DELTA: with memory decode on, BAR0 moves DELTA up and back (each step
+# bar_move_test DEV DELTA: with memory decode on, BAR0 moves by DELTA and back (each step
 # after a second, so the VMM's log shows them apart); then decode goes back off.
 bar_move_test() {
     cmd=$(cfg_read "$1" 4 2)

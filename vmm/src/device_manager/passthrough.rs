@@ -66,6 +66,7 @@ pub fn attach(
             source,
         };
         let vfio = attached.container.open_device(dev)?;
+        log_reset_method(dev);
         let mut pin = [0u8];
         vfio.region_read(VFIO_PCI_CONFIG_REGION_INDEX, &mut pin, INTERRUPT_PIN);
         let intx_gsi = (1..=4)
@@ -113,6 +114,20 @@ pub fn attach(
         attached.dma_map_time.as_secs_f64() * 1000.0
     );
     Ok(attached)
+}
+
+/// Which reset VFIO has for the device (at open and release): the kernel's reset_method.
+fn log_reset_method(dev: &CheckedDevice) {
+    match std::fs::read_to_string(dev.sysfs_dir.join("reset_method")) {
+        Ok(m) if !m.trim().is_empty() => {
+            log::info!("{}: reset at open and release ({})", dev.bdf, m.trim())
+        }
+        Ok(_) => log::info!(
+            "{}: no reset method: it keeps what the previous user left ('zhitong check' says more)",
+            dev.bdf
+        ),
+        Err(e) => log::debug!("{}: reset_method: {e}", dev.bdf),
+    }
 }
 
 /// "0xc0000000+0x4000, 0x1000000000+0x40000" ("none" when empty).
