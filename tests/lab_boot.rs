@@ -174,7 +174,7 @@ fn lab() -> &'static LabRun {
             .case(
                 Case::new("seccomp-violation")
                     .timings(false)
-                    .env("ZHITONG_TEST_FAULT", "vcpu-syscall:2000")
+                    .env("ZHITONG_TEST_FAULT", "vcpu-syscall:300")
                     .timeout(Duration::from_secs(60)),
             )
             .case(Case::new("after-violation"))

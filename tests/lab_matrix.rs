@@ -60,7 +60,7 @@ sed 's/^/STRICT: /' /tmp/summary
 grep -c '<failure' /tmp/strict.xml | sed 's/^/STRICT: failures=/'
 sed 's/^/LOG strict: /' /tmp/strict/exits-3.log
 R="$Z run --kernel /l2/vmlinux --initramfs /l2/img-pass.img --cmdline 'console=ttyS0 quiet panic=-1' --device 0000:00:04.0"
-ZHITONG_TEST_FAULT=vcpu-panic:3000 sh -c "$R" >/dev/null 2>/tmp/panic.err
+ZHITONG_TEST_FAULT=vcpu-panic:300 sh -c "$R" >/dev/null 2>/tmp/panic.err
 echo "PANIC: rc=$?"
 sed 's/^/PANIC: stderr: /' /tmp/panic.err
 ZHITONG_TEST_FAULT=fail-after-devices:0 sh -c "$R" >/dev/null 2>/tmp/half.err
@@ -264,7 +264,7 @@ fn a_panicking_vcpu_ends_the_vm_with_one_line_and_releases_the_gpu() {
     c.check(
         panics.len() == 1
             && panics[0].starts_with(
-                "stderr: zhitong: the vcpu0 thread panicked: injected fault: vcpu-panic at exit 3000;",
+                "stderr: zhitong: the vcpu0 thread panicked: injected fault: vcpu-panic at exit 300;",
             ),
         "one stderr line naming the thread and the panic",
     );
