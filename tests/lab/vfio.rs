@@ -290,6 +290,9 @@ pub fn run_msi(vmm: Vmm, more: impl FnOnce(Lab) -> Lab) -> Result<VfioRun> {
     let lab = Lab::new()?
         .name(&name)
         .timeout(Duration::from_secs(600))
+        // QEMU as L1 stays silent while it DMA-maps ivshmem's 16 GiB BAR page by page
+        // (~50 s idle, past the default 90 s on a loaded machine): not a hang.
+        .l0(|l0| l0.stall = Duration::from_secs(240))
         .before_boot(reset)
         .l0_args([
             "-object".to_string(),
