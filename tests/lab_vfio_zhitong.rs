@@ -166,3 +166,13 @@ fn p2p_dma_mappings_follow_the_guests_bar_moves() {
     );
     eprintln!("bochs-p2p: BAR 0 DMA-mapped at {mapped:?}");
 }
+
+/// QEMU's standard VGA (its VGA BIOS is the ROM): read as L1 reads it, then bochs-drm draws.
+/// (zhitong only for now: see run_msi.)
+#[test]
+fn vga_expansion_rom_reads_and_bochs_drm_draws() {
+    let run = &msi().run;
+    vfio::assert_bound(run, &[vfio::VGA.bdf]);
+    vfio::assert_rom(run, "vga", "vga", vfio::VGA.bdf, vfio::VGA_ROM);
+    vfio::assert_display(run, "vga", vfio::VGA_DRM);
+}
