@@ -157,15 +157,20 @@ pub fn gpu_guest(dev: &Device) -> Guest {
     )
 }
 
-/// bochs-display's ROM (not a VGA: Linux reads it through the ROM BAR), then it draws.
-pub fn bochs_guest() -> Guest {
+/// Device `dev`'s ROM read through sysfs (rom_test `tag`), then `module` draws on it.
+fn rom_then_display_guest(module: &str, tag: &str, dev: &Device) -> Guest {
     guest(
-        &["bochs"],
+        &[module],
         &[
-            format!("rom_test bochs {}", BOCHS.find()),
-            format!("display_test bochs {} {}", BOCHS.find(), BOCHS.id),
+            format!("rom_test {tag} {}", dev.find()),
+            format!("display_test {tag} {} {}", dev.find(), dev.id),
         ],
     )
+}
+
+/// bochs-display's ROM (not a VGA: Linux reads it through the ROM BAR), then it draws.
+pub fn bochs_guest() -> Guest {
+    rom_then_display_guest("bochs", "bochs", &BOCHS)
 }
 
 pub fn two_displays_guest() -> Guest {
@@ -178,26 +183,14 @@ pub fn two_displays_guest() -> Guest {
     )
 }
 
-/// The VGA's ROM read through sysfs, then bochs-drm draws on it.
+/// The VGA's ROM (the host's boot VGA: its shadowed copy), then bochs-drm draws on it.
 pub fn vga_guest() -> Guest {
-    guest(
-        &["bochs"],
-        &[
-            format!("rom_test vga {}", VGA.find()),
-            format!("display_test vga {} {}", VGA.find(), VGA.id),
-        ],
-    )
+    rom_then_display_guest("bochs", "vga", &VGA)
 }
 
 /// QXL's ROM, then its DRM driver (INTx, I/O BAR commands) draws.
 pub fn qxl_guest() -> Guest {
-    guest(
-        &["qxl"],
-        &[
-            format!("rom_test qxl {}", QXL.find()),
-            format!("display_test qxl {} {}", QXL.find(), QXL.id),
-        ],
-    )
+    rom_then_display_guest("qxl", "qxl", &QXL)
 }
 
 pub fn ivshmem_guest() -> Guest {

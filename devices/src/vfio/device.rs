@@ -343,14 +343,8 @@ impl VfioPciDevice {
         if let Some(msi) = self.msi.as_mut() {
             msi.teardown(&ctx);
         }
-        let (backend, count) = (&*self.backend, |i| {
-            self.backend.irq_info(i).map_or(0, |info| info.count)
-        });
-        let read = |offset: u16| {
-            let mut b = [0u8; 4];
-            backend.region_read(CONFIG_REGION, u64::from(offset), &mut b);
-            u32::from_le_bytes(b)
-        };
+        let count = |i| self.backend.irq_info(i).map_or(0, |info| info.count);
+        let read = |offset: u16| self.device_read(offset);
         let msi = self
             .msi
             .as_ref()
