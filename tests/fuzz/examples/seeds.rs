@@ -198,6 +198,46 @@ fn pci_config() {
     ];
     write(t, "bar-moves", &encode(&[], &moves));
 
+    // The same with peer-to-peer on and a clique capability (options in the bytes after
+    // the last op: 3 = p2p + clique 3), an IOMMU unmap failing during a move, the clique
+    // capability read and written.
+    let mut p2p = moves.to_vec();
+    p2p.splice(
+        6..6,
+        [
+            Op::new(FAIL, 8, 0, 4),
+            ecam_wr(0x10, 4, 0xca00_0000),
+            Op::new(FAIL, 8, 0, 0),
+            ecam_wr(0x10, 4, 0xcb00_0000),
+        ],
+    );
+    p2p.extend([
+        ecam_rd(0x34, 1),
+        ecam_rd(0xd4, 4),
+        ecam_wr(0xd4, 4, 0),
+        ecam_rd(0xd8, 4),
+    ]);
+    let mut input = encode(&[], &p2p);
+    input.extend([0; 3]);
+    write(t, "p2p-clique-moves", &input);
+
+    // A guest-initiated FLR (PCIe Device Control bit 15) with MSI-X on and the BARs mapped.
+    let flr = [
+        ecam_wr(0x04, 2, 0x0006),
+        ecam_wr(0x72, 2, 0x8000),
+        bar(BAR_WR, 2, 0xa_000c, 4, 0),
+        ecam_rd(0x98, 2),
+        ecam_wr(0x98, 2, 0x8000),
+        ecam_rd(0x04, 2),
+        ecam_rd(0x10, 4),
+        ecam_rd(0x72, 2),
+        ecam_wr(0x04, 2, 0x0006),
+        bar(BAR_RD, 0, 0, 4, 0),
+    ];
+    let mut input = encode(&[], &flr);
+    input.push(0);
+    write(t, "guest-flr", &input);
+
     // MSI-X as Linux enables it: enable + function mask, program, unmask, interrupts.
     let mut msix = vec![ecam_wr(0x04, 2, 0x0006), ecam_wr(0x72, 2, 0xc000)];
     for i in 0..4u32 {

@@ -9,13 +9,19 @@
 //! read, restore); 9 the device raises an interrupt; 10 the VMM's services start or stop
 //! failing (no KVM slot left, no GSI left).
 //!
+//! The input's length picks the device's options: `len % 16` (the bytes after the last
+//! whole op) bit 0 turns peer-to-peer on (the BARs' direct parts DMA-mapped at their guest
+//! addresses), bit 1 adds the GPUDirect clique capability (clique `len % 16`).
+//!
 //! Checked after every op: absent functions and refused accesses read all-ones, as do
 //! unclaimed bus ranges; BAR sizing reads back the size mask, and the BAR registers hold the
 //! addresses the root decodes; the host bridge's IDs never change; every KVM memory slot lies
 //! inside a BAR that decodes there now (none left behind by a move or a decode toggle) and
 //! slots never overlap; vector irqfds exist only while the guest has MSI or MSI-X on, INTx's
-//! only while it has neither, each on an allocated, routed GSI. At the end, dropping the
-//! root releases every GSI, irqfd and slot.
+//! only while it has neither, each on an allocated, routed GSI; the IOMMU holds exactly the
+//! peer-to-peer ranges the device says it mapped, inside decoding BARs while no unmap has
+//! failed; the clique capability reads the same whatever the guest writes. At the end,
+//! dropping the root releases every GSI, irqfd, slot and DMA mapping.
 
 #![no_main]
 
@@ -25,11 +31,11 @@ use arch::layout::{PCI_CONFIG_ADDRESS_PORT, PCI_ECAM_SIZE, PCI_ECAM_START};
 use arch::pci_windows::PciWindows;
 use devices::pci::root::{PciConfigIo, PciEcam, PciRoot, CONFIG_IO_LEN};
 use devices::pci::{Bar, BarKind, Bdf, ROM_BAR_INDEX};
-use devices::vfio::mock::{MockBackend, MockMapper, MockRouter, MSIX_CAP, MSI_CAP};
+use devices::vfio::mock::{MockBackend, MockDma, MockMapper, MockRouter, MSIX_CAP, MSI_CAP};
 use devices::vfio::{IrqIndex, VfioPciDevice};
 use devices::{Bus, WeakBusDevice};
 use libfuzzer_sys::fuzz_target;
-use zhitong_fuzz::{le, ops, Op};
+use zhitong_fuzz::{le, ops, Op, RECORD_LEN};
 
 const DEV: Bdf = Bdf::root_bus(1, 0);
 
@@ -41,12 +47,19 @@ struct Machine {
     backend: MockBackend,
     router: Arc<MockRouter>,
     mapper: Arc<MockMapper>,
+    dev: Arc<Mutex<VfioPciDevice>>,
+    /// The IOMMU, when peer-to-peer is on.
+    dma: Option<Arc<MockDma>>,
+    /// Whether a DMA unmap has been made to fail (mappings may then stay behind a move).
+    unmap_failed: std::cell::Cell<bool>,
+    /// The clique capability's offset and its two dwords, when there is one.
+    clique: Option<(u16, [u32; 2])>,
     /// The host bridge's vendor and device ID: read-only.
     bridge_id: u32,
 }
 
 impl Machine {
-    fn new() -> Self {
+    fn new(options: usize) -> Self {
         let (pio, mmio) = (Arc::new(Bus::new()), Arc::new(Bus::new()));
         let windows = PciWindows::for_guest(2 << 30, 40);
         let root = Arc::new(PciRoot::new(pio.clone(), mmio.clone(), windows).unwrap());
@@ -64,7 +77,7 @@ impl Machine {
         let backend = MockBackend::standard();
         let router = Arc::new(MockRouter::default());
         let mapper = Arc::new(MockMapper::default());
-        let dev = VfioPciDevice::new(
+        let mut dev = VfioPciDevice::new(
             Box::new(backend.clone()),
             "0000:01:00.0".into(),
             router.clone(),
@@ -72,11 +85,35 @@ impl Machine {
             Some(arch::acpi::pci_intx_gsi(1, 0)),
         )
         .unwrap();
-        root.add_device(Some(DEV.device), DEV.function, Arc::new(Mutex::new(dev)))
+        let dma = (options & 1 != 0).then(|| Arc::new(MockDma::default()));
+        if let Some(dma) = &dma {
+            dev.enable_p2p(dma.clone()).unwrap();
+        }
+        if options & 2 != 0 {
+            dev.add_gpudirect_clique(options as u8 & 0xf).unwrap();
+        }
+        let dev = Arc::new(Mutex::new(dev));
+        root.add_device(Some(DEV.device), DEV.function, dev.clone())
             .unwrap();
         let mut id = [0u8; 4];
         root.config_read(Bdf::root_bus(0, 0), 0, &mut id);
+        let dword = |reg: u16| {
+            let mut b = [0u8; 4];
+            root.config_read(DEV, reg, &mut b);
+            u32::from_le_bytes(b)
+        };
+        // The clique capability heads the list; its ID is 0x09, its length 8.
+        let first = (dword(0x34) & 0xfc) as u16;
+        let clique = (options & 2 != 0).then(|| {
+            let cap = [dword(first), dword(first + 4)];
+            assert_eq!(cap[0] & 0xff_00ff, 0x08_0009, "clique capability {cap:x?}");
+            (first, cap)
+        });
         Self {
+            dev,
+            dma,
+            unmap_failed: Default::default(),
+            clique,
             bridge_id: u32::from_le_bytes(id),
             pio,
             mmio,
@@ -93,6 +130,10 @@ impl Machine {
         let (_, dev) = devices.iter().find(|(bdf, _)| *bdf == DEV).unwrap();
         let bars = dev.lock().unwrap().bars();
         bars
+    }
+
+    fn device_p2p_ranges(&self) -> Vec<(u64, u64)> {
+        self.dev.lock().unwrap().p2p_ranges()
     }
 
     fn bus(&self, io: bool) -> &Bus {
@@ -170,6 +211,21 @@ impl Machine {
             if let Some(&(next, _)) = slots.get(i + 1) {
                 assert!(gpa + size <= next, "slots overlap: {slots:x?}");
             }
+        }
+        if let Some(dma) = &self.dma {
+            let ranges = dma.ranges();
+            assert_eq!(ranges, self.device_p2p_ranges(), "IOMMU vs the device");
+            for &(iova, size) in ranges.iter().filter(|_| !self.unmap_failed.get()) {
+                assert!(
+                    bars.iter()
+                        .any(|b| !b.is_io() && iova >= b.addr && iova + size <= b.addr + b.size),
+                    "DMA mapping {iova:#x}+{size:#x} outside every decoding BAR {bars:x?}"
+                );
+            }
+        }
+        if let Some((at, cap)) = self.clique {
+            let now = [self.config_u32(at), self.config_u32(at + 4)];
+            assert_eq!(now, cap, "the clique capability changed");
         }
         let msi_on = self.config_u32(MSI_CAP) & (1 << 16) != 0;
         let msix_on = self.config_u32(MSIX_CAP) & (1 << 31) != 0;
@@ -307,18 +363,34 @@ fn run(m: &Machine, op: Op) {
         _ => {
             m.mapper.state().fail = op.value & 1 != 0;
             m.router.state().fail_allocations = op.value & 2 != 0;
+            if let Some(dma) = &m.dma {
+                let fail = op.value & 4 != 0;
+                dma.state().fail_unmap = fail;
+                m.unmap_failed.set(m.unmap_failed.get() | fail);
+            }
         }
     }
 }
 
 fuzz_target!(|data: &[u8]| {
-    let m = Machine::new();
+    let m = Machine::new(data.len() % RECORD_LEN);
     for op in ops(data) {
         run(&m, op);
         m.check();
     }
     let (router, mapper, backend) = (m.router.clone(), m.mapper.clone(), m.backend.clone());
+    let dma = m.dma.clone();
+    if let Some(dma) = &dma {
+        dma.state().fail_unmap = false;
+    }
     drop(m);
+    if let Some(dma) = dma {
+        assert!(
+            dma.ranges().is_empty(),
+            "DMA mappings left: {:x?}",
+            dma.ranges()
+        );
+    }
     let router = router.state();
     assert!(router.allocated.is_empty() && router.routes.is_empty());
     assert!(router.irqfds.is_empty() && router.resample_irqfds.is_empty());
