@@ -150,10 +150,12 @@ pub enum AcpiWriteError {
 
 /// A VFIO error with its OS cause spelled out.
 pub fn describe_vfio(e: &VfioError) -> String {
-    let source = std::error::Error::source(e)
-        .map(|s| format!(": {s}"))
-        .unwrap_or_default();
-    format!("{e}{source}")
+    let text = e.to_string();
+    match std::error::Error::source(e).map(|s| s.to_string()) {
+        // Some of vfio-ioctls' messages carry their source already.
+        Some(source) if !text.contains(&source) => format!("{text}: {source}"),
+        _ => text,
+    }
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -4,6 +4,7 @@
 //! ```toml
 //! devices = ["0000:01:00.0"]      # every case gets these unless it names its own
 //! timeout = "10m"                 # the default time limit of a case (none if absent)
+//! vfio_backend = "iommufd"        # every case's unless it names its own (default: chosen)
 //!
 //! [[case]]
 //! name = "boots"
@@ -22,7 +23,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::config::DeviceConfig;
-use crate::config::{file, KernelConfig, MachineConfig, DEFAULT_BOOT_TIMEOUT};
+use crate::config::{file, KernelConfig, MachineConfig, VfioBackend, DEFAULT_BOOT_TIMEOUT};
 use crate::VmConfig;
 use serde::Deserialize;
 
@@ -33,6 +34,8 @@ struct MatrixFile {
     devices: Vec<DeviceConfig>,
     #[serde(default, with = "file::duration")]
     timeout: Option<Duration>,
+    #[serde(default)]
+    vfio_backend: Option<VfioBackend>,
     #[serde(default)]
     case: Vec<CaseFile>,
 }
@@ -52,6 +55,8 @@ struct CaseFile {
     devices: Vec<DeviceConfig>,
     #[serde(default = "default_boot_timeout", with = "file::duration")]
     boot_timeout: Option<Duration>,
+    #[serde(default)]
+    vfio_backend: Option<VfioBackend>,
 }
 
 fn default_boot_timeout() -> Option<Duration> {
@@ -116,6 +121,7 @@ pub fn parse(text: &str, dir: &Path) -> Result<Vec<MatrixCase>, String> {
                 },
                 boot_timeout: c.boot_timeout,
                 timeout: c.timeout.or(file.timeout),
+                vfio_backend: c.vfio_backend.or(file.vfio_backend),
                 security: Default::default(),
             },
         });
@@ -130,6 +136,7 @@ mod tests {
     const GOOD: &str = r#"
 devices = ["0000:00:04.0"]
 timeout = "2m"
+vfio_backend = "legacy"
 
 [[case]]
 name = "boots"
@@ -142,6 +149,7 @@ timeout = "60s"
 boot_timeout = "0"
 devices = ["01:00.0"]
 machine = { vcpus = 2, memory = "1G" }
+vfio_backend = "iommufd"
 [case.kernel]
 path = "vmlinuz"
 "#;
@@ -162,6 +170,8 @@ path = "vmlinuz"
         assert_eq!(a.config.timeout, Some(Duration::from_secs(120)));
         assert_eq!(a.config.boot_timeout, Some(DEFAULT_BOOT_TIMEOUT));
         assert_eq!(a.config.machine, MachineConfig::default());
+        assert_eq!(a.config.vfio_backend, Some(VfioBackend::Legacy));
+        assert_eq!(b.config.vfio_backend, Some(VfioBackend::Iommufd));
         assert_eq!((b.name.as_str(), b.expect), ("exit-3", 3));
         assert_eq!(b.config.kernel.path, Path::new("/m/vmlinuz"));
         assert_eq!(b.config.timeout, Some(Duration::from_secs(60)));
@@ -208,6 +218,10 @@ path = "vmlinuz"
                 &["two cases", "\"a\""],
             ),
             ("devices = []\n".to_string(), &["no cases"]),
+            (
+                format!("vfio_backend = \"type1\"\n[[case]]\nname = \"a\"\n{k}\n"),
+                &["type1", "legacy", "iommufd"],
+            ),
             ("[[case]\n".to_string(), &["line 1"]),
         ] {
             let err = parse(&text, Path::new("/")).unwrap_err();

@@ -20,14 +20,17 @@ use crate::seccomp::{self, ThreadKind};
 use crate::timeline::{Milestone, Timeline};
 use crate::vcpu::{self, RunGate, RunningVcpus, VcpuShared};
 use crate::{guest_boot, kvm, memory, privileges};
-use host::preflight::{check_devices, check_guest_fits, CheckedDevice};
+use host::preflight::{check_devices, check_guest_fits, choose_backend, CheckedDevice};
+use host::vfio_backend::VfioBackend;
 use host::Host;
 
 /// A configured VM, checked but not yet started.
 pub struct Vm {
     config: VmConfig,
-    /// The devices to pass through, as the preflight found them.
+    /// The devices to pass through, as the preflight found them, and the VFIO backend they
+    /// are opened through.
     passthrough: Vec<CheckedDevice>,
+    backend: VfioBackend,
     console: Console,
     exit: Arc<ExitChannel>,
     timeline: Arc<Timeline>,
@@ -67,12 +70,13 @@ impl Vm {
             }
         }
         boot::build_cmdline(&config.kernel.cmdline)?;
-        let passthrough = preflight(host, &config)?;
+        let (passthrough, backend) = preflight(host, &config)?;
         let seccomp = seccomp::Policy::new(config.security.seccomp)?;
         let exit = ExitChannel::with_seccomp(seccomp).map_err(Error::io("the exit event"))?;
         Ok(Self {
             config,
             passthrough,
+            backend,
             console,
             exit: Arc::new(exit),
             timeline: Arc::new(Timeline::new(start)),
@@ -88,6 +92,7 @@ impl Vm {
         let Vm {
             config,
             passthrough,
+            backend,
             console,
             exit,
             timeline,
@@ -106,7 +111,7 @@ impl Vm {
                 // A panic unwinds through run_vm, whose locals release everything on the
                 // way out; it is then reported as how the VM ended.
                 let result = catch_unwind(AssertUnwindSafe(|| {
-                    run_vm(&config, &passthrough, console, &vm_shared)
+                    run_vm(&config, (&passthrough, backend), console, &vm_shared)
                 }))
                 .unwrap_or_else(|panic| {
                     Ok(VmExit::Panicked {
@@ -132,16 +137,20 @@ impl Vm {
 
 /// The passthrough checks, once per VM: every device is usable and its BARs fit the guest
 /// (windows sized as `zhitong check` sizes them, from the host's physical address bits).
-fn preflight(host: &Host, config: &VmConfig) -> Result<Vec<CheckedDevice>> {
+fn preflight(host: &Host, config: &VmConfig) -> Result<(Vec<CheckedDevice>, VfioBackend)> {
     if config.devices.is_empty() {
-        return Ok(Vec::new());
+        return Ok((
+            Vec::new(),
+            config.vfio_backend.unwrap_or(VfioBackend::Legacy),
+        ));
     }
     let bdfs = config.device_bdfs();
     let checked = check_devices(host, &bdfs)?;
+    let backend = choose_backend(host, config.vfio_backend, &checked)?;
     let memory = config.machine.memory_bytes;
     let windows = PciWindows::for_guest(memory, host.phys_bits);
     check_guest_fits(host, &bdfs, memory, &windows)?;
-    Ok(checked)
+    Ok((checked, backend))
 }
 
 /// `VmConfig::timeout`: a thread that ends the VM with `VmExit::Timeout` when it is still
@@ -168,7 +177,7 @@ fn start_run_timer(exit: &Arc<ExitChannel>, limit: std::time::Duration) -> Resul
 /// stop first, then the devices are torn down in order, then guest memory and the VM go.
 fn run_vm(
     config: &VmConfig,
-    passthrough: &[CheckedDevice],
+    (passthrough, backend): (&[CheckedDevice], VfioBackend),
     console: Console,
     shared: &VmShared,
 ) -> Result<VmExit> {
@@ -194,7 +203,7 @@ fn run_vm(
         first_free: ram_slots,
         max: kvm.get_nr_memslots() as u32,
     };
-    devices.attach_passthrough(&vm, &mem, passthrough, &config.devices, slots)?;
+    devices.attach_passthrough(&vm, &mem, passthrough, &config.devices, backend, slots)?;
     if devices.has_passthrough() {
         timeline.mark(Milestone::DevicesReady);
     }

@@ -1,5 +1,5 @@
 //! `zhitong devices`: every PCI device with its ids, class, driver, IOMMU group, BARs, and
-//! whether it can be passed through as it is.
+//! whether it can be passed through as it is (and through which VFIO backend).
 
 use devices::pci::Bdf;
 use serde::Serialize;
@@ -7,7 +7,8 @@ use serde::Serialize;
 use super::checks::VIABLE_DRIVERS;
 use super::pci_class::{class_name, short_size};
 use super::sysfs::Resource;
-use super::Sysfs;
+use super::vfio_backend::{choose, VfioBackend};
+use super::{Host, Sysfs};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceInfo {
@@ -23,6 +24,8 @@ pub struct DeviceInfo {
     pub endpoint: bool,
     /// None when it can be passed through now; otherwise why not, in a few words.
     pub not_ready: Option<String>,
+    /// The VFIO backend a run would open it through (when it is ready), left to choose.
+    pub vfio_backend: Option<VfioBackend>,
 }
 
 impl DeviceInfo {
@@ -76,6 +79,7 @@ struct DeviceJson<'a> {
     bars: Vec<BarJson>,
     ready: bool,
     not_ready: Option<&'a str>,
+    vfio_backend: Option<VfioBackend>,
 }
 
 #[derive(Serialize)]
@@ -102,6 +106,7 @@ impl<'a> From<&'a DeviceInfo> for DeviceJson<'a> {
             bars: d.bars.iter().map(BarJson::from).collect(),
             ready: d.not_ready.is_none(),
             not_ready: d.not_ready.as_deref(),
+            vfio_backend: d.vfio_backend,
         }
     }
 }
@@ -122,8 +127,9 @@ impl From<&Resource> for BarJson {
     }
 }
 
-/// One device as sysfs shows it.
-pub fn device_info(sys: &Sysfs, bdf: Bdf) -> DeviceInfo {
+/// One device as the host shows it.
+pub fn device_info(host: &Host, bdf: Bdf) -> DeviceInfo {
+    let sys = &host.sysfs;
     let id = |name| sys.hex_attr(&bdf, name).and_then(|v| u16::try_from(v).ok());
     let iommu_group = sys.iommu_group(&bdf);
     let group_members = iommu_group
@@ -149,6 +155,10 @@ pub fn device_info(sys: &Sysfs, bdf: Bdf) -> DeviceInfo {
         group_members,
         bars: sys.resources(&bdf),
         endpoint,
+        vfio_backend: not_ready
+            .is_none()
+            .then(|| choose(host, None, &[bdf]).ok())
+            .flatten(),
         not_ready,
     }
 }
@@ -180,10 +190,11 @@ fn readiness(
 }
 
 /// Every PCI device of the host, sorted by address.
-pub fn inventory(sys: &Sysfs) -> Vec<DeviceInfo> {
-    sys.devices()
+pub fn inventory(host: &Host) -> Vec<DeviceInfo> {
+    host.sysfs
+        .devices()
         .into_iter()
-        .map(|b| device_info(sys, b))
+        .map(|b| device_info(host, b))
         .collect()
 }
 
@@ -199,9 +210,10 @@ pub fn render_table(devices: &[DeviceInfo]) -> String {
                 d.driver.clone().unwrap_or_else(|| "-".into()),
                 d.iommu_group.map_or("-".into(), |g| g.to_string()),
                 d.bars_text(),
-                match &d.not_ready {
-                    None => "ready".to_owned(),
-                    Some(why) => format!("no: {why}"),
+                match (&d.not_ready, d.vfio_backend) {
+                    (None, Some(backend)) => format!("ready ({backend})"),
+                    (None, None) => "ready".to_owned(),
+                    (Some(why), _) => format!("no: {why}"),
                 },
             ]
         })
@@ -298,7 +310,7 @@ mod tests {
         fake.ids("0000:02:00.0", 0x144d, 0xa808, 0x010802);
         fake.device("0000:03:00.0", None, Some(3), 0);
         fake.ids("0000:03:00.0", 0x8086, 0x15f3, 0x020000);
-        let devices = inventory(&fake.sysfs());
+        let devices = inventory(&fake.host());
         let table = render_table(&devices);
         let lines: Vec<&str> = table.lines().collect();
         assert!(
@@ -347,8 +359,21 @@ mod tests {
 
         // Once the audio function is on vfio-pci too, the GPU is ready.
         std::fs::remove_file(fake.dir.join("sys/bus/pci/devices/0000:01:00.1/driver")).unwrap();
-        let gpu = device_info(&fake.sysfs(), "01:00.0".parse().unwrap());
+        let gpu = device_info(&fake.host(), "01:00.0".parse().unwrap());
         assert_eq!(gpu.not_ready, None);
+        assert_eq!(gpu.vfio_backend, Some(VfioBackend::Legacy));
+        let table = render_table(std::slice::from_ref(&gpu));
+        assert!(
+            table.lines().nth(1).unwrap().ends_with("ready (legacy)"),
+            "{table}"
+        );
+        // With iommufd and the device's cdev, a run would take iommufd.
+        fake.file("dev/iommu", "");
+        fake.file("sys/bus/pci/devices/0000:01:00.0/vfio-dev/vfio0/dev", "");
+        fake.file("dev/vfio/devices/vfio0", "");
+        let gpu = device_info(&fake.host(), "01:00.0".parse().unwrap());
+        assert_eq!(gpu.vfio_backend, Some(VfioBackend::Iommufd));
+        assert!(render_table(&[gpu]).contains("ready (iommufd)"));
     }
 
     #[test]
@@ -366,7 +391,7 @@ mod tests {
             ],
         );
         fake.device("0000:01:00.1", Some("vfio-pci"), Some(1), 0);
-        let gpu = device_info(&fake.sysfs(), "01:00.0".parse().unwrap());
+        let gpu = device_info(&fake.host(), "01:00.0".parse().unwrap());
         assert_eq!(
             gpu.to_json(),
             concat!(
@@ -377,18 +402,18 @@ mod tests {
                 r#"{"index":1,"kind":"mem64","prefetchable":true,"size":34359738368},"#,
                 r#"{"index":5,"kind":"io","prefetchable":false,"size":128},"#,
                 r#"{"index":6,"kind":"rom","prefetchable":false,"size":524288}],"#,
-                r#""ready":true,"not_ready":null}"#
+                r#""ready":true,"not_ready":null,"vfio_backend":"legacy"}"#
             )
         );
         // Nothing readable: nulls, an empty group, no BARs.
         fake.device("0000:05:00.0", None, None, 0);
-        let bare = device_info(&fake.sysfs(), "05:00.0".parse().unwrap());
+        let bare = device_info(&fake.host(), "05:00.0".parse().unwrap());
         assert_eq!(
             bare.to_json(),
             concat!(
                 r#"{"bdf":"0000:05:00.0","vendor":null,"device":null,"class":null,"#,
                 r#""class_name":"unknown","driver":null,"iommu_group":null,"group_members":[],"#,
-                r#""bars":[],"ready":false,"not_ready":"no IOMMU group: the IOMMU is off"}"#
+                r#""bars":[],"ready":false,"not_ready":"no IOMMU group: the IOMMU is off","vfio_backend":null}"#
             )
         );
         assert_eq!(
@@ -401,7 +426,7 @@ mod tests {
     fn without_iommu() {
         let fake = FakeSysfs::new("inventory-off");
         fake.device("0000:00:03.0", Some("virtio-pci"), None, 0);
-        let table = render_table(&inventory(&fake.sysfs()));
+        let table = render_table(&inventory(&fake.host()));
         assert!(
             table.contains("no: no IOMMU group: the IOMMU is off"),
             "{table}"

@@ -11,6 +11,7 @@ pub mod pci_class;
 pub mod preflight;
 pub mod state;
 pub mod sysfs;
+pub mod vfio_backend;
 
 mod serde_bdf;
 

@@ -9,6 +9,8 @@ use arch::pci_windows::PciWindows;
 use super::checks::{self, device_chain, duplicate_device};
 use devices::pci::Bdf;
 
+use crate::vfio_backend::VfioBackend;
+
 use super::{Finding, Host, Status};
 
 /// A failed check: its finding prints as "cause; fix".
@@ -76,6 +78,17 @@ pub fn check_devices(host: &Host, devices: &[Bdf]) -> Result<Vec<CheckedDevice>,
         checks::interrupt_remapping(host),
     ])?;
     Ok(checked)
+}
+
+/// The VFIO backend for `devices` (checked): `requested` when the host has it, else the
+/// one the host and devices allow (see [`crate::vfio_backend::choose`]).
+pub fn choose_backend(
+    host: &Host,
+    requested: Option<VfioBackend>,
+    devices: &[CheckedDevice],
+) -> Result<VfioBackend, PreflightError> {
+    let bdfs: Vec<Bdf> = devices.iter().map(|d| d.bdf).collect();
+    crate::vfio_backend::choose(host, requested, &bdfs).map_err(PreflightError)
 }
 
 /// The checks that need the guest's size: RLIMIT_MEMLOCK covers `memory` bytes of RAM, and

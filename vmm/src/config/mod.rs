@@ -14,6 +14,7 @@ use arch::units::{format_size, UnitError};
 pub use device::{DeviceConfig, DeviceError};
 use devices::pci::address::{MAX_DEVICES, MAX_FUNCTIONS};
 use devices::pci::Bdf;
+pub use host::vfio_backend::VfioBackend;
 pub use security::{SecurityConfig, SecurityError};
 
 /// The guest kernel and how it is started.
@@ -73,6 +74,10 @@ pub struct VmConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<Duration>,
+    /// The kernel interface the devices are opened through; `None` (the default) takes
+    /// iommufd when the host and every device have it, else the legacy VFIO container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vfio_backend: Option<VfioBackend>,
     /// seccomp and the user to run the guest as (`zhitong run --seccomp`, `--user`).
     #[serde(default, skip_serializing_if = "SecurityConfig::is_default")]
     pub security: SecurityConfig,
@@ -98,6 +103,7 @@ impl VmConfig {
             devices: Vec::new(),
             boot_timeout: default_boot_timeout(),
             timeout: None,
+            vfio_backend: None,
             security: SecurityConfig::default(),
         }
     }
@@ -123,6 +129,12 @@ impl VmConfig {
     /// Builder: guest RAM in bytes (checked by `Vm::new`).
     pub fn memory(mut self, bytes: u64) -> Self {
         self.machine.memory_bytes = bytes;
+        self
+    }
+
+    /// Builder: the VFIO backend (`None`: chosen per host).
+    pub fn vfio_backend(mut self, backend: Option<VfioBackend>) -> Self {
+        self.vfio_backend = backend;
         self
     }
 

@@ -6,10 +6,10 @@
 //! Ownership: the manager owns every device; the buses only hold weak references, so no
 //! device keeps another alive through a bus and nothing leaks when the manager goes.
 
+mod iommu_domain;
 mod passthrough;
 mod pci;
 mod platform;
-mod vfio_container;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -25,6 +25,7 @@ pub use passthrough::SlotRange;
 pub use platform::PlatformDevices;
 
 use host::preflight::CheckedDevice;
+use host::vfio_backend::VfioBackend;
 
 use crate::error::Result;
 use crate::exit::ExitChannel;
@@ -72,8 +73,8 @@ impl DeviceManager {
         })
     }
 
-    /// Pass `devices` through (nothing to do when empty) with their `options` (the same
-    /// order): open them, place them on the PCI root and DMA-map `mem`. On an error, what
+    /// Pass `devices` through `backend` (nothing to do when empty) with their `options` (the
+    /// same order): open them, place them on the PCI root and DMA-map `mem`. On an error, what
     /// was opened is released again.
     pub fn attach_passthrough(
         &mut self,
@@ -81,10 +82,12 @@ impl DeviceManager {
         mem: &GuestMemoryMmap,
         devices: &[CheckedDevice],
         options: &[DeviceConfig],
+        backend: VfioBackend,
         slots: SlotRange,
     ) -> Result<()> {
         if !devices.is_empty() {
-            let attached = passthrough::attach(vm, mem, &self.pci.root, devices, options, slots)?;
+            let root = &self.pci.root;
+            let attached = passthrough::attach(vm, mem, root, devices, options, backend, slots)?;
             self.passthrough = Some(attached);
         }
         Ok(())

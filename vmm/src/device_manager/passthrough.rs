@@ -1,4 +1,4 @@
-//! Passed-through devices: opened into the VM's VFIO container, placed on the PCI root,
+//! Passed-through devices: opened into the VM's IOMMU domain, placed on the PCI root,
 //! guest RAM DMA-mapped; and released (interrupts off, slots unmapped, reset, DMA unmapped)
 //! when this is dropped, whatever the path.
 
@@ -11,13 +11,14 @@ use kvm_ioctls::VmFd;
 use vfio_bindings::bindings::vfio::VFIO_PCI_CONFIG_REGION_INDEX;
 use vm_memory::GuestMemoryMmap;
 
+use super::iommu_domain::IommuDomain;
 use super::pci::place;
-use super::vfio_container::VfioContainerState;
 use crate::config::DeviceConfig;
 use crate::error::{Error, PassthroughError, Result};
 use crate::interrupts::KvmInterruptRouter;
 use crate::slots::KvmMemoryMapper;
 use host::preflight::CheckedDevice;
+use host::vfio_backend::VfioBackend;
 
 const INTERRUPT_PIN: u64 = 0x3d;
 
@@ -31,11 +32,11 @@ pub struct SlotRange {
 /// still holds them until it goes) and then unmaps guest RAM from the IOMMU.
 pub struct PassedThrough {
     devices: Vec<Arc<Mutex<VfioPciDevice>>>,
-    container: VfioContainerState,
+    domain: IommuDomain,
     pub dma_map_time: Duration,
 }
 
-/// Open every device, set it up as `options` (in the same order) say, put it on `root` at
+/// Open every device through `backend`, set it up as `options` (in the same order) say, put it on `root` at
 /// its guest address, and DMA-map guest RAM. On an error half-way, what was opened is
 /// released before the error is returned.
 pub fn attach(
@@ -44,11 +45,12 @@ pub fn attach(
     root: &PciRoot,
     devices: &[CheckedDevice],
     options: &[DeviceConfig],
+    backend: VfioBackend,
     slots: SlotRange,
 ) -> Result<PassedThrough> {
     let mut attached = PassedThrough {
         devices: Vec::new(),
-        container: VfioContainerState::new(vm)?,
+        domain: IommuDomain::new(vm, backend)?,
         dma_map_time: Duration::ZERO,
     };
     let router = Arc::new(KvmInterruptRouter::new(vm.clone()));
@@ -57,7 +59,7 @@ pub fn attach(
         slots.first_free,
         slots.max,
     ));
-    let dma = attached.container.dma_mapper();
+    let dma = attached.domain.dma_mapper();
     let bdfs: Vec<_> = devices.iter().map(|d| d.bdf).collect();
     for ((dev, opts), guest) in devices.iter().zip(options).zip(place(&bdfs)) {
         let host_bdf = dev.bdf;
@@ -65,7 +67,7 @@ pub fn attach(
             what: host_bdf.to_string(),
             source,
         };
-        let vfio = attached.container.open_device(dev)?;
+        let vfio = attached.domain.open_device(dev)?;
         log_reset_method(dev);
         let mut pin = [0u8];
         vfio.region_read(VFIO_PCI_CONFIG_REGION_INDEX, &mut pin, INTERRUPT_PIN);
@@ -107,9 +109,10 @@ pub fn attach(
             );
         }
     }
-    attached.dma_map_time = attached.container.map_guest_ram(mem)?;
+    attached.dma_map_time = attached.domain.map_guest_ram(mem)?;
     log::info!(
-        "guest RAM DMA-mapped for {} device(s) in {:.1} ms",
+        "guest RAM DMA-mapped ({} backend) for {} device(s) in {:.1} ms",
+        attached.domain.backend(),
         attached.devices.len(),
         attached.dma_map_time.as_secs_f64() * 1000.0
     );
@@ -144,7 +147,7 @@ fn describe_ranges(ranges: &[(u64, u64)]) -> String {
 
 impl Drop for PassedThrough {
     /// Quiesce and reset every device (interrupts off, BAR slots unmapped) while guest RAM
-    /// is still DMA-mapped; the container then unmaps it (its own Drop, after this).
+    /// is still DMA-mapped; the domain then unmaps it (its own Drop, after this).
     fn drop(&mut self) {
         for device in self.devices.drain(..) {
             device.lock().unwrap_or_else(|e| e.into_inner()).release();

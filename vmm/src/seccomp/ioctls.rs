@@ -33,6 +33,13 @@ pub const VFIO_DEVICE_SET_IRQS: u64 = ioc(0, VFIO, VFIO_BASE + 10, 0);
 pub const VFIO_DEVICE_RESET: u64 = ioc(0, VFIO, VFIO_BASE + 11, 0);
 pub const VFIO_IOMMU_MAP_DMA: u64 = ioc(0, VFIO, VFIO_BASE + 13, 0);
 pub const VFIO_IOMMU_UNMAP_DMA: u64 = ioc(0, VFIO, VFIO_BASE + 14, 0);
+pub const VFIO_DEVICE_DETACH_IOMMUFD_PT: u64 = ioc(0, VFIO, VFIO_BASE + 20, 0);
+
+/// iommufd shares VFIO's type letter and numbers its commands from 0x80.
+const IOMMUFD_CMD_BASE: u64 = 0x80;
+pub const IOMMU_DESTROY: u64 = ioc(0, VFIO, IOMMUFD_CMD_BASE, 0);
+pub const IOMMU_IOAS_MAP: u64 = ioc(0, VFIO, IOMMUFD_CMD_BASE + 5, 0);
+pub const IOMMU_IOAS_UNMAP: u64 = ioc(0, VFIO, IOMMUFD_CMD_BASE + 6, 0);
 
 /// std's `set_nonblocking` on a socket.
 pub const FIONBIO: u64 = libc::FIONBIO;
@@ -58,6 +65,10 @@ mod tests {
             (VFIO_DEVICE_RESET, 0x3b6f),
             (VFIO_IOMMU_MAP_DMA, 0x3b71),
             (VFIO_IOMMU_UNMAP_DMA, 0x3b72),
+            (VFIO_DEVICE_DETACH_IOMMUFD_PT, 0x3b78),
+            (IOMMU_DESTROY, 0x3b80),
+            (IOMMU_IOAS_MAP, 0x3b85),
+            (IOMMU_IOAS_UNMAP, 0x3b86),
             (FIONBIO, 0x5421),
         ] {
             assert_eq!(got, want, "{got:#x} != {want:#x}");

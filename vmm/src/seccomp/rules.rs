@@ -45,7 +45,8 @@ const COMMON: &[i64] = &[
 /// The control loop (epoll over eventfds, the console and the boot watchdog's timerfd),
 /// then the teardown of the vCPUs (kicked with a signal, joined) and of every device:
 /// interrupts off, KVM slots and irqfds removed, the device reset, guest RAM unmapped from
-/// the IOMMU, the group released (vfio-ioctls reads its iommu_group link), fds closed.
+/// the IOMMU, the group released (vfio-ioctls reads its iommu_group link) or, with iommufd,
+/// the cdev detached from the IOAS and the IOAS destroyed, fds closed.
 const VM: &[i64] = &[
     libc::SYS_epoll_create1,
     libc::SYS_epoll_ctl,
@@ -69,6 +70,9 @@ const VM_IOCTLS: &[u64] = &[
     VFIO_DEVICE_RESET,
     VFIO_IOMMU_UNMAP_DMA,
     VFIO_GROUP_UNSET_CONTAINER,
+    VFIO_DEVICE_DETACH_IOMMUFD_PT,
+    IOMMU_IOAS_UNMAP,
+    IOMMU_DESTROY,
 ];
 
 /// KVM_RUN and the device emulation behind its exits: VFIO region reads and writes
@@ -98,6 +102,8 @@ const VCPU_IOCTLS: &[u64] = &[
     VFIO_DEVICE_RESET,
     VFIO_IOMMU_MAP_DMA,
     VFIO_IOMMU_UNMAP_DMA,
+    IOMMU_IOAS_MAP,
+    IOMMU_IOAS_UNMAP,
 ];
 
 /// One connection at a time on the bound socket (poll, accept, timeouts, read, write,

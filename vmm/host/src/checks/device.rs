@@ -10,6 +10,7 @@ use devices::pci::{Bar, BarKind, ROM_BAR_INDEX};
 
 use crate::pci_class::{approx_size, short_size};
 use crate::sysfs::Resource;
+use crate::vfio_backend::{device_cdev, has_iommufd};
 use crate::{Finding, Host, Sysfs};
 use arch::units::format_size;
 use devices::pci::Bdf;
@@ -114,6 +115,20 @@ pub fn device_chain(host: &Host, bdf: Bdf) -> Vec<Finding> {
             "group-node",
             format!("{} opens (the group is free)", node.display()),
         ),
+        // A kernel without VFIO groups (CONFIG_VFIO_GROUP=n) has only the device's cdev.
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && has_iommufd(host)
+                && device_cdev(host, &bdf).is_some() =>
+        {
+            Finding::ok(
+                "group-node",
+                format!(
+                    "no {} (no VFIO groups in this kernel): {bdf} opens through its VFIO cdev",
+                    node.display()
+                ),
+            )
+        }
         Err(e) => vfio_group_open_failed(group, e.raw_os_error().unwrap_or(libc::EIO), Some(bdf)),
     });
     out

@@ -5,6 +5,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use crate::cpu::Vendor;
+use crate::vfio_backend::has_iommufd;
 use crate::{Finding, Host};
 use arch::units::format_size;
 
@@ -132,13 +133,18 @@ pub fn iommu(host: &Host) -> Finding {
     )
 }
 
-/// vfio-pci (the driver) and vfio_iommu_type1 (the container backend) are loaded.
+/// vfio-pci (the driver) and an IOMMU backend are loaded: vfio_iommu_type1 (the legacy
+/// container's) or iommufd.
 pub fn vfio_modules(host: &Host) -> Finding {
     let sys = &host.sysfs;
     let pci = sys.module_loaded("vfio_pci") || sys.driver_dir("vfio-pci").exists();
     let type1 = sys.module_loaded("vfio_iommu_type1");
     match (pci, type1) {
         (true, true) => Finding::ok("vfio-modules", "vfio-pci and vfio_iommu_type1 are loaded"),
+        (true, false) if has_iommufd(host) => Finding::ok(
+            "vfio-modules",
+            "vfio-pci and iommufd are loaded (vfio_iommu_type1 is not: only the iommufd backend works)",
+        ),
         (false, true) => Finding::fail(
             "vfio-modules",
             "the vfio-pci driver is not loaded",

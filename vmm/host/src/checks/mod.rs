@@ -17,11 +17,19 @@ pub use host::{
 
 use devices::pci::Bdf;
 
+use crate::vfio_backend::VfioBackend;
+
 use super::{Finding, Host, Status};
 
 /// Everything `zhitong check` looks at: the host, then each device (in the order given),
+/// the VFIO backend they would be opened through (`backend`, or the one chosen for them),
 /// then whether the devices' BARs fit the guest's windows with `memory` bytes of RAM.
-pub fn check_all(host: &Host, devices: &[Bdf], memory: u64) -> Vec<Finding> {
+pub fn check_all(
+    host: &Host,
+    devices: &[Bdf],
+    memory: u64,
+    backend: Option<VfioBackend>,
+) -> Vec<Finding> {
     let mut findings = vec![
         kvm(host),
         iommu(host),
@@ -31,6 +39,7 @@ pub fn check_all(host: &Host, devices: &[Bdf], memory: u64) -> Vec<Finding> {
     ];
     let mut seen = Vec::new();
     let mut present = Vec::new();
+    let mut usable = Vec::new();
     for &bdf in devices {
         if seen.contains(&bdf) {
             continue;
@@ -43,6 +52,9 @@ pub fn check_all(host: &Host, devices: &[Bdf], memory: u64) -> Vec<Finding> {
         {
             present.push(bdf);
         }
+        if !chain.iter().any(Finding::is_fail) {
+            usable.push(bdf);
+        }
         // Two functions of one group: say what holds for the group once.
         for f in chain {
             let said = findings
@@ -54,6 +66,7 @@ pub fn check_all(host: &Host, devices: &[Bdf], memory: u64) -> Vec<Finding> {
         }
     }
     findings.extend(present.iter().map(|&bdf| reset(&host.sysfs, bdf)));
+    findings.push(crate::vfio_backend::finding(host, backend, &usable));
     findings.extend(bars(
         &host.sysfs,
         &present,

@@ -47,7 +47,7 @@ fn gpu_host(name: &str) -> FakeSysfs {
 fn ready_host_with_a_bound_gpu() {
     let fake = gpu_host("ready");
     let host = fake.host();
-    let findings = check_all(&host, &[bdf("01:00.0"), bdf("01:00.1")], 4 << 30);
+    let findings = check_all(&host, &[bdf("01:00.0"), bdf("01:00.1")], 4 << 30, None);
     for f in &findings {
         one_line(f);
     }
@@ -73,6 +73,7 @@ fn ready_host_with_a_bound_gpu() {
             "driver",
             "reset",
             "reset",
+            "vfio-backend",
             "bars",
             "bars"
         ]
@@ -169,6 +170,18 @@ fn vfio_modules_each_missing() {
         .contains("zhitong bind loads it"));
     fake.module("vfio_pci");
     assert_eq!(vfio_modules(&host).status, Status::Ok);
+}
+
+#[test]
+fn iommufd_stands_in_for_type1() {
+    let fake = FakeSysfs::new("modules-iommufd");
+    let host = fake.host();
+    fake.module("vfio_pci");
+    assert!(vfio_modules(&host).is_fail());
+    fake.file("dev/iommu", "");
+    let f = vfio_modules(&host);
+    assert_eq!(f.status, Status::Ok, "{f}");
+    assert!(f.message.contains("only the iommufd backend works"), "{f}");
 }
 
 #[test]
@@ -292,7 +305,7 @@ fn big_bars_need_physical_address_bits() {
     let fake = gpu_host("bars");
     let gpu = [bdf("01:00.0")];
     let mut host = fake.host();
-    let f = &check_all(&host, &gpu, 4 << 30)
+    let f = &check_all(&host, &gpu, 4 << 30, None)
         .into_iter()
         .filter(|f| f.check == "bars")
         .collect::<Vec<_>>()[0];
@@ -332,6 +345,31 @@ fn duplicates_are_checked_once() {
         &fake.host(),
         &[bdf("01:00.0"), bdf("0000:01:00.0")],
         1 << 30,
+        None,
     );
     assert_eq!(findings.iter().filter(|f| f.check == "bars").count(), 1);
+}
+
+#[test]
+fn a_kernel_without_vfio_groups_opens_devices_through_their_cdev() {
+    let fake = gpu_host("no-groups");
+    let host = fake.host();
+    std::fs::remove_file(host.dev_path("vfio/12")).unwrap();
+    let node = |findings: Vec<Finding>| findings.into_iter().find(|f| f.check == "group-node");
+    let f = node(device_chain(&host, bdf("01:00.0"))).unwrap();
+    assert!(f.is_fail(), "{f}");
+    fake.file("dev/iommu", "");
+    fake.file("sys/bus/pci/devices/0000:01:00.0/vfio-dev/vfio3/dev", "");
+    fake.file("dev/vfio/devices/vfio3", "");
+    let f = node(device_chain(&host, bdf("01:00.0"))).unwrap();
+    assert!(
+        !f.is_fail() && f.message.contains("opens through its VFIO cdev"),
+        "{f}"
+    );
+    let findings = check_all(&host, &[bdf("01:00.0")], 4 << 30, None);
+    let backend = findings.iter().find(|f| f.check == "vfio-backend").unwrap();
+    assert!(
+        backend.message.contains("/dev/vfio/devices/vfio3"),
+        "{backend}"
+    );
 }

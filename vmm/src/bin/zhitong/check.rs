@@ -9,7 +9,12 @@ use crate::cli::CheckArgs;
 pub fn main(args: &CheckArgs) -> i32 {
     let host = Host::from_env();
     let bdfs: Vec<_> = args.devices.iter().map(|d| d.bdf).collect();
-    let findings = check_all(&host, &bdfs, args.memory);
+    let findings = check_all(
+        &host,
+        &bdfs,
+        args.memory,
+        args.vfio_backend.and_then(|c| c.0),
+    );
     let ready = ready(&findings);
     if args.json {
         let report = Report {

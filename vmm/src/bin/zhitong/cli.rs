@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use devices::pci::Bdf;
 use vmm::config::parse_vcpus;
 use vmm::config::security::SeccompMode;
-use vmm::config::{ConfigError, DeviceConfig};
+use vmm::config::{ConfigError, DeviceConfig, VfioBackend};
 use vmm::VmConfig;
 
 #[derive(Debug, Parser)]
@@ -118,6 +118,23 @@ pub struct CheckArgs {
     /// One JSON object ({"ready": bool, "findings": [...]}) instead of text.
     #[arg(long)]
     pub json: bool,
+    /// The VFIO backend the run would use (see 'run --vfio-backend') [default: auto].
+    #[arg(long, value_name = "legacy|iommufd|auto", value_parser = parse_backend_arg)]
+    pub vfio_backend: Option<BackendChoice>,
+}
+
+/// `--vfio-backend`: a backend, or "auto" (`None`: chosen per host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendChoice(pub Option<VfioBackend>);
+
+fn parse_backend_arg(s: &str) -> Result<BackendChoice, String> {
+    match s {
+        "auto" => Ok(BackendChoice(None)),
+        _ => s
+            .parse()
+            .map(|b| BackendChoice(Some(b)))
+            .map_err(|_| format!("unknown VFIO backend '{s}' (legacy, iommufd or auto)")),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -192,6 +209,11 @@ pub struct RunArgs {
     /// guest runs. zhitong must start as root.
     #[arg(long, value_name = "UID[:GID]")]
     pub user: Option<String>,
+    /// How the devices are opened: iommufd (/dev/iommu and the devices' VFIO cdevs),
+    /// legacy (the VFIO container and groups), or auto: iommufd when the host and every
+    /// device have it, else legacy [default: auto].
+    #[arg(long, value_name = "legacy|iommufd|auto", value_parser = parse_backend_arg)]
+    pub vfio_backend: Option<BackendChoice>,
 }
 
 fn parse_device_arg(s: &str) -> Result<Bdf, String> {
@@ -256,6 +278,9 @@ impl RunArgs {
         }
         if let Some(user) = &self.user {
             cfg.security.user = Some(user.parse()?);
+        }
+        if let Some(BackendChoice(backend)) = self.vfio_backend {
+            cfg.vfio_backend = backend;
         }
         Ok(cfg)
     }

@@ -7,7 +7,7 @@ use crate::cli::DevicesArgs;
 
 pub fn main(args: &DevicesArgs) -> i32 {
     let host = Host::from_env();
-    let devices = inventory(&host.sysfs);
+    let devices = inventory(&host);
     if args.json {
         println!("{}", render_json(&devices));
     } else {

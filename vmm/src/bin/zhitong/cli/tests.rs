@@ -130,6 +130,42 @@ fn security_flags() {
 }
 
 #[test]
+fn vfio_backend_flag() {
+    let config = |extra: &[&str]| match run_args(extra) {
+        Parsed::Run(Cli {
+            command: Command::Run(args),
+        }) => args.to_config().unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(config(&[]).vfio_backend, None);
+    assert_eq!(
+        config(&["--vfio-backend", "iommufd"]).vfio_backend,
+        Some(VfioBackend::Iommufd)
+    );
+    assert_eq!(
+        config(&["--vfio-backend", "legacy"]).vfio_backend,
+        Some(VfioBackend::Legacy)
+    );
+    assert_eq!(config(&["--vfio-backend", "auto"]).vfio_backend, None);
+    let msg = usage(run_args(&["--vfio-backend", "type1"]));
+    assert!(
+        msg.contains("'type1'") && msg.contains("legacy, iommufd or auto"),
+        "{msg}"
+    );
+    assert!(!msg.trim_end().contains('\n'), "{msg}");
+    let Parsed::Run(cli) = parse(["zhitong", "check", "--vfio-backend", "iommufd"]) else {
+        panic!()
+    };
+    let Command::Check(args) = cli.command else {
+        panic!()
+    };
+    assert_eq!(
+        args.vfio_backend,
+        Some(BackendChoice(Some(VfioBackend::Iommufd)))
+    );
+}
+
+#[test]
 fn host_commands() {
     let Parsed::Run(cli) = parse(["zhitong", "devices", "--json"]) else {
         panic!()
