@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 resources/lab/setup.sh
+resources/lab/kernel-6.12.sh   # L1 on 6.12 with iommufd: tests/lab_vfio_612*.rs
 cargo build --release -p vmm --features test-faults
 cargo test --workspace "$@"
 resources/fuzz.sh

@@ -38,7 +38,7 @@ PACKAGES=(xz-utils zstd kmod binutils make gcc-12 libelf1 libssl3 zlib1g)
 export DEBIAN_FRONTEND=noninteractive
 t0=$SECONDS
 
-say() { echo "kernel-6.12: $*"; }
+say() { echo "kernel-6.12: [+$((SECONDS - t0)) s] $*"; }
 die() { echo "kernel-6.12: $*" >&2; exit 1; }
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi

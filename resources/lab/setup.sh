@@ -73,8 +73,9 @@ if [ ! -s "$dir/vmlinux" ] || [ ! -s "$mods/modules.dep" ]; then
         exit 1
     fi
     mv "$dir/vmlinux.tmp" "$dir/vmlinux"
-    # Older kernels (~450 MB each) are of no more use.
-    find "$CACHE" -mindepth 1 -maxdepth 1 -type d ! -name "$kver" -exec rm -rf {} +
+    # Older kernels (~450 MB each) are of no more use; the one kernel-6.12.sh keeps is.
+    keep="$(basename "$(readlink "$CACHE/kernel-6.12" 2>/dev/null)" 2>/dev/null || true)"
+    find "$CACHE" -mindepth 1 -maxdepth 1 -type d ! -name "$kver" ! -name "${keep:-$kver}" -exec rm -rf {} +
 fi
 ln -sfn "$kver" "$CACHE/current"
 

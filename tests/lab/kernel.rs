@@ -20,15 +20,21 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    /// The kernel in `$ZHITONG_LAB_CACHE` (default `<workspace>/target/lab-cache`).
+    /// The kernel in `$ZHITONG_LAB_CACHE` (default `<workspace>/target/lab-cache`) that
+    /// resources/lab/setup.sh made current.
     pub fn locate() -> Result<Kernel> {
+        Self::locate_named("current", "resources/lab/setup.sh")
+    }
+
+    /// The kernel the cache's symlink `link` names, which `script` prepares.
+    pub fn locate_named(link: &str, script: &str) -> Result<Kernel> {
         let cache = match std::env::var_os("ZHITONG_LAB_CACHE") {
             Some(dir) => PathBuf::from(dir),
             None => workspace_root().join("target/lab-cache"),
         };
-        let dir = fs::canonicalize(cache.join("current")).map_err(|_| {
+        let dir = fs::canonicalize(cache.join(link)).map_err(|_| {
             Error::new(format!(
-                "no lab kernel in {}: run resources/lab/setup.sh first",
+                "no lab kernel {link} in {}: run {script} first",
                 cache.display()
             ))
         })?;
@@ -49,7 +55,7 @@ impl Kernel {
         ] {
             if !p.exists() {
                 return Err(Error::new(format!(
-                    "lab kernel cache incomplete ({} missing): run resources/lab/setup.sh",
+                    "lab kernel cache incomplete ({} missing): run {script}",
                     p.display()
                 )));
             }

@@ -131,6 +131,7 @@ pub struct Lab {
     bind: Vec<String>,
     retries: u32,
     before_boot: Option<Box<dyn FnMut() -> Result<()>>>,
+    zhitong_args: Vec<String>,
 }
 
 impl Lab {
@@ -154,6 +155,7 @@ impl Lab {
             bind: Vec::new(),
             retries: 2,
             before_boot: None,
+            zhitong_args: Vec::new(),
         })
     }
 
@@ -243,12 +245,38 @@ impl Lab {
         &self.kernel
     }
 
+    /// L1 (and L2) boot `kernel` instead of the cache's current one.
+    pub fn with_kernel(mut self, kernel: Kernel) -> Lab {
+        self.kernel = kernel;
+        self
+    }
+
+    /// Arguments added to every zhitong run of this lab, cases added later included (e.g.
+    /// `--vfio-backend iommufd`), except a case that names a `--vfio-backend` itself.
+    pub fn zhitong_args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Lab {
+        self.zhitong_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
     pub fn run(self) -> Result<LabRun> {
         self.run_with(|_| {})
     }
 
     /// Runs, showing each console line to `on_line` as it arrives.
     pub fn run_with(mut self, mut on_line: impl FnMut(&str)) -> Result<LabRun> {
+        if !self.zhitong_args.is_empty() {
+            let extra = std::mem::take(&mut self.zhitong_args);
+            self.cases = std::mem::take(&mut self.cases)
+                .into_iter()
+                .map(|c| match c.vmm() {
+                    // A case that names a backend itself keeps it.
+                    Some(Vmm::Zhitong) if !c.command().contains("--vfio-backend") => {
+                        c.args(extra.iter().cloned())
+                    }
+                    _ => c,
+                })
+                .collect();
+        }
         let needs_zhitong = self
             .cases
             .iter()
@@ -296,15 +324,23 @@ impl Lab {
             }
             let (out, console) = boot(&l0, l1_kernel, &l1_img, &dir, &qmp, &mut on_line)?;
             let hung = out.timed_out || out.stalled;
-            if !hung || attempt > self.retries {
+            // L1's kernel crashed before its init ran: no case had a chance. Seen with 6.12
+            // under multi-threaded TCG ("Oops: int3" in a jump label being patched while
+            // the other vCPU ran it), never with the VMM involved.
+            let crashed = !console.contains("L1: init")
+                && ["Oops:", "Kernel panic"]
+                    .iter()
+                    .any(|s| console.contains(s));
+            if !(hung || crashed) || attempt > self.retries {
                 break (out, console);
             }
             // The nested lab (TCG under TCG) now and then stops making progress for
             // minutes, whatever the VMM; one more boot tells a flake from a bug.
-            let kept = dir.join(format!("console-hung-{attempt}.log"));
+            let what = if crashed { "crashed" } else { "hung" };
+            let kept = dir.join(format!("console-{what}-{attempt}.log"));
             std::fs::rename(dir.join("console.log"), &kept)?;
             eprintln!(
-                "lab {}: L0 hung (see {}); booting it again",
+                "lab {}: L0 {what} (see {}); booting it again",
                 self.name,
                 kept.display()
             );

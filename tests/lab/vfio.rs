@@ -18,6 +18,7 @@ use crate::guest::Guest;
 use crate::{workspace_root, Lab, LabRun, Result};
 
 mod checks;
+pub mod zhitong;
 pub use checks::*;
 
 /// The L2 side: shell functions (display_test, ivshmem_test, nvme_test, ...).
@@ -258,8 +259,8 @@ impl Drop for Scratch {
 
 /// The MSI/MSI-X lab: GPU, BOCHS, IVSHMEM and NVME on L0 with interrupt remapping on;
 /// cases gpu, bochs, ivshmem, two-displays, nvme for `vmm`; `more` adds cases.
-pub fn run_msi(vmm: Vmm, more: impl FnOnce(Lab) -> Lab) -> Result<VfioRun> {
-    let name = format!("vfio-msi-{}", vmm_name(vmm));
+pub fn run_msi(vmm: Vmm, flavour: Flavour, more: impl FnOnce(Lab) -> Lab) -> Result<VfioRun> {
+    let name = format!("vfio-msi-{}{}", vmm_name(vmm), flavour.tag);
     let dir = workspace_root().join("target/lab-out").join(&name);
     fs::create_dir_all(&dir)?;
 
@@ -280,7 +281,8 @@ pub fn run_msi(vmm: Vmm, more: impl FnOnce(Lab) -> Lab) -> Result<VfioRun> {
         Ok(())
     };
 
-    let lab = Lab::new()?
+    let lab = flavour
+        .lab()?
         .name(&name)
         .timeout(Duration::from_secs(600))
         // QEMU as L1 stays silent while it DMA-maps ivshmem's 16 GiB BAR page by page
@@ -350,9 +352,10 @@ pub fn run_msi(vmm: Vmm, more: impl FnOnce(Lab) -> Lab) -> Result<VfioRun> {
 
 /// The INTx lab: GPU_INTX and QXL on L0 with interrupt remapping off, L1 allowing unsafe
 /// interrupts; cases gpu-intx and qxl for `vmm`; `more` adds cases.
-pub fn run_intx(vmm: Vmm, more: impl FnOnce(Lab) -> Lab) -> Result<VfioRun> {
-    let lab = Lab::new()?
-        .name(&format!("vfio-intx-{}", vmm_name(vmm)))
+pub fn run_intx(vmm: Vmm, flavour: Flavour, more: impl FnOnce(Lab) -> Lab) -> Result<VfioRun> {
+    let lab = flavour
+        .lab()?
+        .name(&format!("vfio-intx-{}{}", vmm_name(vmm), flavour.tag))
         .timeout(Duration::from_secs(600))
         .l0(|l0| l0.iommu.push_str(",intremap=off"))
         // qxl-vga must be QEMU's first display.
@@ -361,6 +364,8 @@ pub fn run_intx(vmm: Vmm, more: impl FnOnce(Lab) -> Lab) -> Result<VfioRun> {
         .device(&GPU_INTX.spec())
         .bind(GPU_INTX.bdf)
         .l1_line("echo 1 > /sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts")
+        // iommufd has a switch of its own (where it is loaded: the 6.12 labs).
+        .l1_line("[ -e /sys/module/iommufd ] && echo 1 > /sys/module/iommufd/parameters/allow_unsafe_interrupts")
         .l1_line(&rom_dump(&[QXL.bdf]))
         .case(passthrough(
             vmm,
@@ -377,6 +382,54 @@ pub fn run_intx(vmm: Vmm, more: impl FnOnce(Lab) -> Lab) -> Result<VfioRun> {
     })
 }
 
+/// The L1 kernel and the VFIO backend a VFIO lab runs with (L2 boots the same kernel).
+#[derive(Clone, Copy, Debug)]
+pub struct Flavour {
+    /// The lab cache's symlink naming the kernel, and the script that prepares it.
+    pub kernel: (&'static str, &'static str),
+    /// `--vfio-backend` for every zhitong run (None: zhitong chooses).
+    pub backend: Option<&'static str>,
+    /// Appended to the lab's output directory name.
+    pub tag: &'static str,
+}
+
+/// Debian's stable kernel (6.1: no iommufd), zhitong choosing the backend (legacy).
+pub const DEBIAN_STABLE: Flavour = Flavour {
+    kernel: ("current", "resources/lab/setup.sh"),
+    backend: None,
+    tag: "",
+};
+
+/// Debian's 6.12 with the iommufd-enabled VFIO modules resources/lab/kernel-6.12.sh builds.
+pub const LINUX_6_12_IOMMUFD: Flavour = Flavour {
+    kernel: ("kernel-6.12", "resources/lab/kernel-6.12.sh"),
+    backend: Some("iommufd"),
+    tag: "-6.12-iommufd",
+};
+
+/// The same kernel with the legacy container forced.
+pub const LINUX_6_12_LEGACY: Flavour = Flavour {
+    backend: Some("legacy"),
+    tag: "-6.12-legacy",
+    ..LINUX_6_12_IOMMUFD
+};
+
+impl Flavour {
+    fn lab(&self) -> Result<Lab> {
+        let mut lab = Lab::new()?;
+        if self.kernel.0 != DEBIAN_STABLE.kernel.0 {
+            lab = lab.with_kernel(crate::Kernel::locate_named(self.kernel.0, self.kernel.1)?);
+        }
+        if let Some(backend) = self.backend {
+            lab = lab.zhitong_args(["--vfio-backend", backend]);
+        }
+        if self.backend == Some("iommufd") {
+            lab = lab.l1_module("iommufd");
+        }
+        Ok(lab)
+    }
+}
+
 fn vmm_name(vmm: Vmm) -> &'static str {
     match vmm {
         Vmm::Zhitong => "zhitong",
@@ -389,12 +442,21 @@ fn vmm_name(vmm: Vmm) -> &'static str {
 #[macro_export]
 macro_rules! vfio_tests {
     ($vmm:expr, $more_msi:expr, $more_intx:expr) => {
+        $crate::vfio_tests!(
+            flavour = $crate::vfio::DEBIAN_STABLE,
+            $vmm,
+            $more_msi,
+            $more_intx
+        );
+    };
+    (flavour = $flavour:expr, $vmm:expr, $more_msi:expr, $more_intx:expr) => {
         fn msi() -> &'static $crate::vfio::VfioRun {
             static RUN: ::std::sync::OnceLock<
                 ::std::result::Result<$crate::vfio::VfioRun, String>,
             > = ::std::sync::OnceLock::new();
             let run = RUN.get_or_init(|| {
-                let v = $crate::vfio::run_msi($vmm, $more_msi).map_err(|e| e.to_string())?;
+                let v =
+                    $crate::vfio::run_msi($vmm, $flavour, $more_msi).map_err(|e| e.to_string())?;
                 v.report("vfio msi");
                 Ok(v)
             });
@@ -407,7 +469,8 @@ macro_rules! vfio_tests {
                 ::std::result::Result<$crate::vfio::VfioRun, String>,
             > = ::std::sync::OnceLock::new();
             let run = RUN.get_or_init(|| {
-                let v = $crate::vfio::run_intx($vmm, $more_intx).map_err(|e| e.to_string())?;
+                let v = $crate::vfio::run_intx($vmm, $flavour, $more_intx)
+                    .map_err(|e| e.to_string())?;
                 v.report("vfio intx");
                 Ok(v)
             });

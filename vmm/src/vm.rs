@@ -20,7 +20,7 @@ use crate::seccomp::{self, ThreadKind};
 use crate::timeline::{Milestone, Timeline};
 use crate::vcpu::{self, RunGate, RunningVcpus, VcpuShared};
 use crate::{guest_boot, kvm, memory, privileges};
-use host::preflight::{check_devices, check_guest_fits, choose_backend, CheckedDevice};
+use host::preflight::{check_devices, check_guest_fits, CheckedDevice};
 use host::vfio_backend::VfioBackend;
 use host::Host;
 
@@ -145,8 +145,8 @@ fn preflight(host: &Host, config: &VmConfig) -> Result<(Vec<CheckedDevice>, Vfio
         ));
     }
     let bdfs = config.device_bdfs();
-    let checked = check_devices(host, &bdfs)?;
-    let backend = choose_backend(host, config.vfio_backend, &checked)?;
+    let needs_p2p = config.devices.iter().any(|d| d.p2p);
+    let (checked, backend) = check_devices(host, &bdfs, config.vfio_backend, needs_p2p)?;
     let memory = config.machine.memory_bytes;
     let windows = PciWindows::for_guest(memory, host.phys_bits);
     check_guest_fits(host, &bdfs, memory, &windows)?;

@@ -157,7 +157,7 @@ pub fn device_info(host: &Host, bdf: Bdf) -> DeviceInfo {
         endpoint,
         vfio_backend: not_ready
             .is_none()
-            .then(|| choose(host, None, &[bdf]).ok())
+            .then(|| choose(host, None, &[bdf], false).ok())
             .flatten(),
         not_ready,
     }

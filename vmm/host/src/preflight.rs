@@ -51,11 +51,18 @@ fn first_failure(findings: impl IntoIterator<Item = Finding>) -> Result<(), Pref
 
 /// Check every device: it exists, the host IOMMU put it in a group, it is bound to vfio-pci,
 /// every other endpoint of its group is bound to a VFIO-compatible driver or to none, and its
-/// /dev/vfio node opens; then that the VFIO backend is loaded and interrupts can be remapped
-/// (or unsafe interrupts are allowed). Every path comes from `host`, as for `zhitong check`.
-pub fn check_devices(host: &Host, devices: &[Bdf]) -> Result<Vec<CheckedDevice>, PreflightError> {
+/// /dev/vfio node opens; then choose the VFIO backend (`requested`, or the one the host and
+/// devices allow; `needs_p2p`: a device has p2p=on), and check that VFIO is loaded and
+/// interrupts can be remapped (or the backend allows unsafe interrupts). Every path comes
+/// from `host`, as for `zhitong check`.
+pub fn check_devices(
+    host: &Host,
+    devices: &[Bdf],
+    requested: Option<VfioBackend>,
+    needs_p2p: bool,
+) -> Result<(Vec<CheckedDevice>, VfioBackend), PreflightError> {
     if devices.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), requested.unwrap_or(VfioBackend::Legacy)));
     }
     for (i, bdf) in devices.iter().enumerate() {
         if devices[..i].contains(bdf) {
@@ -73,22 +80,13 @@ pub fn check_devices(host: &Host, devices: &[Bdf]) -> Result<Vec<CheckedDevice>,
             sysfs_dir: host.sysfs.device_dir(&bdf),
         });
     }
+    let backend =
+        crate::vfio_backend::choose(host, requested, devices, needs_p2p).map_err(PreflightError)?;
     first_failure([
         checks::vfio_modules(host),
-        checks::interrupt_remapping(host),
+        checks::interrupt_remapping(host, backend),
     ])?;
-    Ok(checked)
-}
-
-/// The VFIO backend for `devices` (checked): `requested` when the host has it, else the
-/// one the host and devices allow (see [`crate::vfio_backend::choose`]).
-pub fn choose_backend(
-    host: &Host,
-    requested: Option<VfioBackend>,
-    devices: &[CheckedDevice],
-) -> Result<VfioBackend, PreflightError> {
-    let bdfs: Vec<Bdf> = devices.iter().map(|d| d.bdf).collect();
-    crate::vfio_backend::choose(host, requested, &bdfs).map_err(PreflightError)
+    Ok((checked, backend))
 }
 
 /// The checks that need the guest's size: RLIMIT_MEMLOCK covers `memory` bytes of RAM, and

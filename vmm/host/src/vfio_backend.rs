@@ -11,6 +11,7 @@ use std::str::FromStr;
 use devices::pci::Bdf;
 use serde::{Deserialize, Serialize};
 
+use crate::checks::{remapping_on, unsafe_interrupts_allowed};
 use crate::{Finding, Host};
 
 /// In config files and JSON: "legacy", "iommufd".
@@ -73,32 +74,60 @@ pub fn has_legacy(host: &Host) -> bool {
     host.dev_path("vfio/vfio").exists() && host.sysfs.module_loaded("vfio_iommu_type1")
 }
 
+/// Why iommufd cannot serve `devices` when left to choose (`None`: it can).
+fn iommufd_unfit(host: &Host, devices: &[Bdf], needs_p2p: bool) -> Option<String> {
+    if !has_iommufd(host) {
+        return Some("no /dev/iommu".into());
+    }
+    if let Some(bdf) = devices.iter().find(|b| device_cdev(host, b).is_none()) {
+        return Some(format!("{bdf} has no VFIO cdev"));
+    }
+    if needs_p2p {
+        return Some("p2p=on needs it".into());
+    }
+    // iommufd takes devices without interrupt remapping only with its own
+    // allow_unsafe_interrupts; the legacy container has one of its own.
+    let interrupts_ok = remapping_on(host) != Some(false)
+        || unsafe_interrupts_allowed(host, VfioBackend::Iommufd)
+        || !has_legacy(host);
+    (!interrupts_ok)
+        .then(|| "interrupt remapping is off and iommufd's allow_unsafe_interrupts is N".into())
+}
+
 /// The backend `devices` (all bound to vfio-pci) are opened through: `requested`, or
-/// automatically. A requested backend the host cannot give is a failing finding with the
-/// fix.
+/// automatically (iommufd unless something it cannot do is asked for). `needs_p2p`: a
+/// device has p2p=on, which only the legacy backend can map. A requested backend the host
+/// cannot give is a failing finding with the fix.
 pub fn choose(
     host: &Host,
     requested: Option<VfioBackend>,
     devices: &[Bdf],
+    needs_p2p: bool,
 ) -> Result<VfioBackend, Finding> {
     let without_cdev = devices.iter().find(|b| device_cdev(host, b).is_none());
     match requested {
-        None if has_iommufd(host) && without_cdev.is_none() => Ok(VfioBackend::Iommufd),
+        None if iommufd_unfit(host, devices, needs_p2p).is_none() => Ok(VfioBackend::Iommufd),
         None => Ok(VfioBackend::Legacy),
         Some(VfioBackend::Iommufd) if !has_iommufd(host) => Err(Finding::fail(
             "vfio-backend",
             "the iommufd backend was asked for, but the host has no iommufd (/dev/iommu is missing)",
             "modprobe iommufd (Linux 6.2 or later, built with CONFIG_IOMMUFD), or use the legacy backend (--vfio-backend legacy)",
         )),
-        Some(VfioBackend::Iommufd) => match without_cdev {
-            Some(bdf) => Err(Finding::fail(
+        Some(VfioBackend::Iommufd) if without_cdev.is_some() => {
+            let bdf = *without_cdev.unwrap_or(&devices[0]);
+            Err(Finding::fail(
                 "vfio-backend",
                 format!("the iommufd backend was asked for, but {bdf} has no VFIO cdev (no /dev/vfio/devices/vfioN): the kernel was built without CONFIG_VFIO_DEVICE_CDEV"),
                 "use the legacy backend (--vfio-backend legacy), or a kernel with CONFIG_VFIO_DEVICE_CDEV=y",
             )
-            .on(*bdf)),
-            None => Ok(VfioBackend::Iommufd),
-        },
+            .on(bdf))
+        }
+        Some(VfioBackend::Iommufd) if needs_p2p => Err(Finding::fail(
+            "vfio-backend",
+            "peer-to-peer (p2p=on) was asked for with the iommufd backend, which cannot DMA-map device memory: iommufd takes BARs only as VFIO dma-bufs, which zhitong does not use yet",
+            "use the legacy backend (--vfio-backend legacy, or leave the choice to zhitong), or drop p2p=on",
+        )),
+        Some(VfioBackend::Iommufd) => Ok(VfioBackend::Iommufd),
         Some(VfioBackend::Legacy) if !host.dev_path("vfio/vfio").exists() => Err(Finding::fail(
             "vfio-backend",
             "the legacy backend was asked for, but /dev/vfio/vfio is missing: the kernel was built without CONFIG_VFIO_CONTAINER",
@@ -115,8 +144,13 @@ pub fn choose(
 
 /// What `zhitong check` says about the backend of `devices` (those bound to vfio-pci): the
 /// one they would use and why, or why the requested one cannot be had.
-pub fn finding(host: &Host, requested: Option<VfioBackend>, devices: &[Bdf]) -> Finding {
-    let backend = match choose(host, requested, devices) {
+pub fn finding(
+    host: &Host,
+    requested: Option<VfioBackend>,
+    devices: &[Bdf],
+    needs_p2p: bool,
+) -> Finding {
+    let backend = match choose(host, requested, devices, needs_p2p) {
         Ok(b) => b,
         Err(f) => return f,
     };
@@ -136,18 +170,14 @@ pub fn finding(host: &Host, requested: Option<VfioBackend>, devices: &[Bdf]) -> 
         );
     }
     let how = match (backend, requested) {
+        (b, Some(_)) => format!("{b} (as asked)"),
         (VfioBackend::Iommufd, None) => {
             "iommufd (/dev/iommu and each device's VFIO cdev are there)".to_string()
         }
-        (VfioBackend::Legacy, None) if !has_iommufd(host) => {
-            "legacy (VFIO container, type1 IOMMU; no /dev/iommu)".to_string()
-        }
         (VfioBackend::Legacy, None) => {
-            let bdf = devices.iter().find(|b| device_cdev(host, b).is_none());
-            let which = bdf.map_or_else(|| "a device".into(), Bdf::to_string);
-            format!("legacy (VFIO container, type1 IOMMU; {which} has no VFIO cdev)")
+            let why = iommufd_unfit(host, devices, needs_p2p).unwrap_or_default();
+            format!("legacy (VFIO container, type1 IOMMU; not iommufd: {why})")
         }
-        (b, Some(_)) => format!("{b} (as asked)"),
     };
     let nodes: Vec<String> = devices
         .iter()
@@ -205,14 +235,20 @@ mod tests {
     fn iommufd_is_chosen_when_the_host_and_every_device_have_it() {
         let fake = host_with_gpu("backend-auto");
         let host = fake.host();
-        assert_eq!(choose(&host, None, &[gpu()]), Ok(VfioBackend::Legacy));
+        assert_eq!(
+            choose(&host, None, &[gpu()], false),
+            Ok(VfioBackend::Legacy)
+        );
         with_iommufd(&fake);
         assert_eq!(
             device_cdev(&host, &gpu()),
             Some(host.dev_path("vfio/devices/vfio0"))
         );
-        assert_eq!(choose(&host, None, &[gpu()]), Ok(VfioBackend::Iommufd));
-        let f = finding(&host, None, &[gpu()]);
+        assert_eq!(
+            choose(&host, None, &[gpu()], false),
+            Ok(VfioBackend::Iommufd)
+        );
+        let f = finding(&host, None, &[gpu()], false);
         assert!(
             f.message.contains("iommufd") && f.message.ends_with("vfio0"),
             "{f}"
@@ -220,8 +256,8 @@ mod tests {
         // A second device without a cdev puts the whole VM on the legacy backend.
         fake.device("0000:02:00.0", Some("vfio-pci"), Some(8), 0);
         let both = [gpu(), "0000:02:00.0".parse().unwrap()];
-        assert_eq!(choose(&host, None, &both), Ok(VfioBackend::Legacy));
-        let f = finding(&host, None, &both);
+        assert_eq!(choose(&host, None, &both, false), Ok(VfioBackend::Legacy));
+        let f = finding(&host, None, &both, false);
         assert!(f.message.contains("0000:02:00.0 has no VFIO cdev"), "{f}");
         assert!(f.message.contains("/dev/vfio/8"), "{f}");
     }
@@ -230,31 +266,31 @@ mod tests {
     fn a_requested_backend_the_host_lacks_fails_with_the_fix() {
         let fake = host_with_gpu("backend-requested");
         let host = fake.host();
-        let e = choose(&host, Some(VfioBackend::Iommufd), &[gpu()]).unwrap_err();
+        let e = choose(&host, Some(VfioBackend::Iommufd), &[gpu()], false).unwrap_err();
         assert!(
             e.is_fail() && e.message.contains("/dev/iommu is missing"),
             "{e}"
         );
         assert!(e.fix.as_deref().unwrap().contains("--vfio-backend legacy"));
         fake.file("dev/iommu", "");
-        let e = choose(&host, Some(VfioBackend::Iommufd), &[gpu()]).unwrap_err();
+        let e = choose(&host, Some(VfioBackend::Iommufd), &[gpu()], false).unwrap_err();
         assert!(e.message.contains("0000:01:00.0 has no VFIO cdev"), "{e}");
         assert_eq!(e.device, Some(gpu()));
         with_iommufd(&fake);
         assert_eq!(
-            choose(&host, Some(VfioBackend::Iommufd), &[gpu()]),
+            choose(&host, Some(VfioBackend::Iommufd), &[gpu()], false),
             Ok(VfioBackend::Iommufd)
         );
         // Legacy stays usable beside iommufd, and can be forced.
         assert_eq!(
-            choose(&host, Some(VfioBackend::Legacy), &[gpu()]),
+            choose(&host, Some(VfioBackend::Legacy), &[gpu()], false),
             Ok(VfioBackend::Legacy)
         );
         std::fs::remove_file(host.dev_path("vfio/vfio")).unwrap();
-        let e = choose(&host, Some(VfioBackend::Legacy), &[gpu()]).unwrap_err();
+        let e = choose(&host, Some(VfioBackend::Legacy), &[gpu()], false).unwrap_err();
         assert!(e.message.contains("CONFIG_VFIO_CONTAINER"), "{e}");
         assert_eq!(
-            finding(&host, Some(VfioBackend::Legacy), &[gpu()]).check,
+            finding(&host, Some(VfioBackend::Legacy), &[gpu()], false).check,
             "vfio-backend"
         );
     }
@@ -263,10 +299,10 @@ mod tests {
     fn without_devices_the_host_s_backends_are_listed() {
         let fake = host_with_gpu("backend-host");
         let host = fake.host();
-        let f = finding(&host, None, &[]);
+        let f = finding(&host, None, &[], false);
         assert_eq!(f.message, "VFIO backends on this host: legacy");
         with_iommufd(&fake);
-        let f = finding(&host, None, &[]);
+        let f = finding(&host, None, &[], false);
         assert_eq!(f.message, "VFIO backends on this host: legacy, iommufd");
     }
 
@@ -275,7 +311,7 @@ mod tests {
         let fake = host_with_gpu("backend-type1");
         let host = fake.host();
         std::fs::remove_dir_all(fake.sysfs().path("module/vfio_iommu_type1")).unwrap();
-        let e = choose(&host, Some(VfioBackend::Legacy), &[gpu()]).unwrap_err();
+        let e = choose(&host, Some(VfioBackend::Legacy), &[gpu()], false).unwrap_err();
         assert_eq!(e.fix.as_deref(), Some("modprobe vfio_iommu_type1"));
     }
 }

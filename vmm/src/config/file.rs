@@ -102,6 +102,10 @@ pub mod size {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         match NumberOrText::deserialize(d)? {
+            // Zero bytes is no size, as "0" and "0B" are not (and "0B" must read back).
+            NumberOrText::Number(0) => {
+                Err(serde::de::Error::custom(UnitError::BadSize("0".into())))
+            }
             NumberOrText::Number(n) => Ok(n),
             NumberOrText::Text(t) => parse_size(&t).map_err(serde::de::Error::custom),
         }
@@ -200,6 +204,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.boot_timeout, Some(Duration::from_secs(most)));
+        let json = serde_json::to_string(&cfg).unwrap();
+        assert_eq!(parse(&json, false).unwrap(), cfg);
+    }
+
+    /// Found by the vm_config fuzz target's long run: `memory = 0` (a number of bytes)
+    /// parsed, but its "0B" serialization did not read back. Zero is no size.
+    #[test]
+    fn a_zero_size_is_refused_as_a_number_too() {
+        for text in ["[machine]\nmemory = 0\n", "[machine]\nmemory = \"0B\"\n"] {
+            let err = parse(&format!("[kernel]\npath = \"/k\"\n{text}"), true).unwrap_err();
+            assert!(err.contains("invalid size '0"), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+        let cfg = parse("[kernel]\npath = \"/k\"\n[machine]\nmemory = 4096\n", true).unwrap();
         let json = serde_json::to_string(&cfg).unwrap();
         assert_eq!(parse(&json, false).unwrap(), cfg);
     }

@@ -207,6 +207,10 @@ fn describe_open(e: &VfioError, dev: &CheckedDevice) -> String {
             vfio_group_open_failed(dev.group, errno, Some(dev.bdf)).to_string()
         }
         _ => match e {
+            VfioError::VfioDeviceBindIommufd(errno) if errno.errno() == libc::EPERM => format!(
+                "iommufd refuses {} without interrupt remapping; turn remapping on, or (trusted guests only) echo Y > /sys/module/iommufd/parameters/allow_unsafe_interrupts",
+                dev.bdf
+            ),
             VfioError::VfioDeviceBindIommufd(errno) if errno.errno() == libc::EBUSY => format!(
                 "{} is in use: another VM holds it, or another device of its IOMMU group {} is bound to a host driver; stop that VM, or hand the whole group to vfio-pci: zhitong bind {}",
                 dev.bdf, dev.group, dev.bdf

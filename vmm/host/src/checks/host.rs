@@ -5,7 +5,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use crate::cpu::Vendor;
-use crate::vfio_backend::has_iommufd;
+use crate::vfio_backend::{has_iommufd, VfioBackend};
 use crate::{Finding, Host};
 use arch::units::format_size;
 
@@ -182,26 +182,40 @@ fn hardware_remapping(host: &Host) -> Option<bool> {
     Some(first || answers.any(|a| a))
 }
 
-/// Interrupt remapping in use (the kernel's IRQ domains are then named IR-IO-APIC,
-/// IR-PCI-MSI... in /proc/interrupts), or VFIO told to live without it.
-pub fn interrupt_remapping(host: &Host) -> Finding {
+/// Interrupt remapping in use: the kernel's IRQ domains are then named IR-IO-APIC,
+/// IR-PCI-MSI... in /proc/interrupts. `None` when that cannot be read.
+pub fn remapping_on(host: &Host) -> Option<bool> {
+    let interrupts = std::fs::read_to_string(host.proc_path("interrupts")).ok()?;
+    Some(interrupts.split_whitespace().any(|w| w.starts_with("IR-")))
+}
+
+/// The module whose allow_unsafe_interrupts lets `backend` take devices without remapping.
+pub fn unsafe_interrupts_module(backend: VfioBackend) -> &'static str {
+    match backend {
+        VfioBackend::Legacy => "vfio_iommu_type1",
+        VfioBackend::Iommufd => "iommufd",
+    }
+}
+
+/// `backend` accepts devices without interrupt remapping (its allow_unsafe_interrupts).
+pub fn unsafe_interrupts_allowed(host: &Host, backend: VfioBackend) -> bool {
+    host.sysfs
+        .module_param(unsafe_interrupts_module(backend), "allow_unsafe_interrupts")
+        .is_some_and(|v| matches!(v.as_str(), "Y" | "y" | "1"))
+}
+
+/// Interrupt remapping in use, or `backend` told to live without it.
+pub fn interrupt_remapping(host: &Host, backend: VfioBackend) -> Finding {
     const CHECK: &str = "interrupt-remapping";
-    let interrupts = std::fs::read_to_string(host.proc_path("interrupts"));
-    let remapping = interrupts
-        .as_ref()
-        .ok()
-        .map(|t| t.split_whitespace().any(|w| w.starts_with("IR-")));
+    let remapping = remapping_on(host);
     if remapping == Some(true) {
         return Finding::ok(CHECK, "interrupt remapping is on");
     }
-    let unsafe_allowed = host
-        .sysfs
-        .module_param("vfio_iommu_type1", "allow_unsafe_interrupts")
-        .is_some_and(|v| matches!(v.as_str(), "Y" | "y" | "1"));
-    if unsafe_allowed {
+    let module = unsafe_interrupts_module(backend);
+    if unsafe_interrupts_allowed(host, backend) {
         return Finding::warn(
             CHECK,
-            "interrupt remapping is off; VFIO accepts devices anyway (vfio_iommu_type1 allow_unsafe_interrupts=Y), so a guest could forge interrupts",
+            format!("interrupt remapping is off; VFIO accepts devices anyway ({module} allow_unsafe_interrupts=Y), so a guest could forge interrupts"),
             "fine for trusted guests; for isolation turn remapping on (no intremap=off, IR enabled in the firmware) and set allow_unsafe_interrupts back to N",
         );
     }
@@ -212,10 +226,10 @@ pub fn interrupt_remapping(host: &Host) -> Finding {
                 "cannot tell whether interrupt remapping is on ({} is unreadable)",
                 host.proc_path("interrupts").display()
             ),
-            "mount /proc; VFIO refuses devices without remapping unless vfio_iommu_type1 allow_unsafe_interrupts=1",
+            format!("mount /proc; VFIO refuses devices without remapping unless {module} allow_unsafe_interrupts=1"),
         );
     }
-    let unsafe_fix = "echo Y > /sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts (or options vfio_iommu_type1 allow_unsafe_interrupts=1 in /etc/modprobe.d/; a guest can then forge interrupts, so trusted guests only)";
+    let unsafe_fix = format!("echo Y > /sys/module/{module}/parameters/allow_unsafe_interrupts (or options {module} allow_unsafe_interrupts=1 in /etc/modprobe.d/; a guest can then forge interrupts, so trusted guests only)");
     let cmdline = cmdline(host);
     let (cause, fix) = if host.sysfs.iommu_groups().is_empty() {
         (

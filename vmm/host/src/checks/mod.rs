@@ -12,7 +12,8 @@ pub use device::{
     bars, device_chain, duplicate_device, reset, vfio_group_open_failed, VIABLE_DRIVERS,
 };
 pub use host::{
-    interrupt_remapping, iommu, iommu_fix, kvm, kvm_open_failed, memlock, vfio_modules,
+    interrupt_remapping, iommu, iommu_fix, kvm, kvm_open_failed, memlock, remapping_on,
+    unsafe_interrupts_allowed, unsafe_interrupts_module, vfio_modules,
 };
 
 use devices::pci::Bdf;
@@ -29,12 +30,22 @@ pub fn check_all(
     devices: &[Bdf],
     memory: u64,
     backend: Option<VfioBackend>,
+    needs_p2p: bool,
 ) -> Vec<Finding> {
+    // The backend decides whose allow_unsafe_interrupts counts: the one the devices bound
+    // to vfio-pci would get (legacy when there is none to tell).
+    let bound: Vec<Bdf> = devices
+        .iter()
+        .copied()
+        .filter(|b| host.sysfs.driver(b).as_deref() == Some("vfio-pci"))
+        .collect();
+    let likely = crate::vfio_backend::choose(host, backend, &bound, needs_p2p)
+        .unwrap_or(backend.unwrap_or(VfioBackend::Legacy));
     let mut findings = vec![
         kvm(host),
         iommu(host),
         vfio_modules(host),
-        interrupt_remapping(host),
+        interrupt_remapping(host, likely),
         memlock(host, memory),
     ];
     let mut seen = Vec::new();
@@ -66,7 +77,9 @@ pub fn check_all(
         }
     }
     findings.extend(present.iter().map(|&bdf| reset(&host.sysfs, bdf)));
-    findings.push(crate::vfio_backend::finding(host, backend, &usable));
+    findings.push(crate::vfio_backend::finding(
+        host, backend, &usable, needs_p2p,
+    ));
     findings.extend(bars(
         &host.sysfs,
         &present,

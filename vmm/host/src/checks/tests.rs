@@ -1,5 +1,6 @@
 use super::*;
 use crate::sysfs::fake::FakeSysfs;
+use crate::vfio_backend::VfioBackend;
 
 fn bdf(s: &str) -> Bdf {
     s.parse().unwrap()
@@ -47,7 +48,13 @@ fn gpu_host(name: &str) -> FakeSysfs {
 fn ready_host_with_a_bound_gpu() {
     let fake = gpu_host("ready");
     let host = fake.host();
-    let findings = check_all(&host, &[bdf("01:00.0"), bdf("01:00.1")], 4 << 30, None);
+    let findings = check_all(
+        &host,
+        &[bdf("01:00.0"), bdf("01:00.1")],
+        4 << 30,
+        None,
+        false,
+    );
     for f in &findings {
         one_line(f);
     }
@@ -189,24 +196,27 @@ fn interrupt_remapping_signals() {
     let fake = FakeSysfs::new("ir");
     fake.ready_host();
     let host = fake.host();
-    assert_eq!(interrupt_remapping(&host).status, Status::Ok);
+    assert_eq!(
+        interrupt_remapping(&host, VfioBackend::Legacy).status,
+        Status::Ok
+    );
 
     // Remapping off: the hint depends on why.
     fake.file("proc/interrupts", "  0:   45   IO-APIC   2-edge   timer\n");
     fake.device("0000:00:02.0", None, Some(0), 0);
-    let f = interrupt_remapping(&host);
+    let f = interrupt_remapping(&host, VfioBackend::Legacy);
     assert!(
         f.is_fail() && f.to_string().contains("allow_unsafe_interrupts"),
         "{f}"
     );
     one_line(&f);
     fake.file("proc/cmdline", "intel_iommu=on intremap=off\n");
-    assert!(interrupt_remapping(&host)
+    assert!(interrupt_remapping(&host, VfioBackend::Legacy)
         .to_string()
         .contains("remove intremap=off"));
     fake.file("proc/cmdline", "intel_iommu=on\n");
     fake.file("sys/class/iommu/dmar0/intel-iommu/ecap", "f020d7\n"); // bit 3 clear
-    assert!(interrupt_remapping(&host)
+    assert!(interrupt_remapping(&host, VfioBackend::Legacy)
         .to_string()
         .contains("cannot remap interrupts"));
 
@@ -215,7 +225,7 @@ fn interrupt_remapping_signals() {
         "sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts",
         "Y\n",
     );
-    let f = interrupt_remapping(&host);
+    let f = interrupt_remapping(&host, VfioBackend::Legacy);
     assert_eq!(f.status, Status::Warn, "{f}");
     one_line(&f);
 
@@ -225,7 +235,10 @@ fn interrupt_remapping_signals() {
         "N\n",
     );
     std::fs::remove_file(fake.dir.join("proc/interrupts")).unwrap();
-    assert_eq!(interrupt_remapping(&host).status, Status::Warn);
+    assert_eq!(
+        interrupt_remapping(&host, VfioBackend::Legacy).status,
+        Status::Warn
+    );
 }
 
 #[test]
@@ -305,7 +318,7 @@ fn big_bars_need_physical_address_bits() {
     let fake = gpu_host("bars");
     let gpu = [bdf("01:00.0")];
     let mut host = fake.host();
-    let f = &check_all(&host, &gpu, 4 << 30, None)
+    let f = &check_all(&host, &gpu, 4 << 30, None, false)
         .into_iter()
         .filter(|f| f.check == "bars")
         .collect::<Vec<_>>()[0];
@@ -346,6 +359,7 @@ fn duplicates_are_checked_once() {
         &[bdf("01:00.0"), bdf("0000:01:00.0")],
         1 << 30,
         None,
+        false,
     );
     assert_eq!(findings.iter().filter(|f| f.check == "bars").count(), 1);
 }
@@ -366,7 +380,7 @@ fn a_kernel_without_vfio_groups_opens_devices_through_their_cdev() {
         !f.is_fail() && f.message.contains("opens through its VFIO cdev"),
         "{f}"
     );
-    let findings = check_all(&host, &[bdf("01:00.0")], 4 << 30, None);
+    let findings = check_all(&host, &[bdf("01:00.0")], 4 << 30, None, false);
     let backend = findings.iter().find(|f| f.check == "vfio-backend").unwrap();
     assert!(
         backend.message.contains("/dev/vfio/devices/vfio3"),

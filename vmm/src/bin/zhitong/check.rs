@@ -14,6 +14,7 @@ pub fn main(args: &CheckArgs) -> i32 {
         &bdfs,
         args.memory,
         args.vfio_backend.and_then(|c| c.0),
+        args.devices.iter().any(|d| d.p2p),
     );
     let ready = ready(&findings);
     if args.json {
