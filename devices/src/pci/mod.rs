@@ -75,7 +75,8 @@ impl std::error::Error for PciError {}
 ///
 /// The root ([`root::PciRoot`]) calls every method from vCPU threads with the device's
 /// mutex held, and calls `bars`/`bar_mapped`/`bar_unmapped` right after each
-/// `config_write` (see [`root`] for the lock order). A device must never call back into
+/// `config_write`, and after a `bar_write` that `take_config_changed` reports (see [`root`]
+/// for the lock order). A device must never call back into
 /// the root (config accesses, `add_device`) from these methods.
 pub trait PciDevice: Send {
     /// Read the dword at `offset` (4-byte aligned, below 4096).
@@ -103,6 +104,13 @@ pub trait PciDevice: Send {
 
     /// A guest write to BAR `index` at `offset` that trapped.
     fn bar_write(&mut self, index: u8, offset: u64, data: &[u8]);
+
+    /// Whether a trapped BAR access changed config space since last asked (a device whose
+    /// BAR mirrors its config space): the root then re-syncs BAR decoding as after a
+    /// `config_write`.
+    fn take_config_changed(&mut self) -> bool {
+        false
+    }
 
     /// Set BAR `index` to `addr` as firmware would at start-up (before the guest runs).
     /// The root calls this once per BAR after allocating addresses.

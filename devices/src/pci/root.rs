@@ -35,7 +35,7 @@ use super::config::{CONFIG_SPACE_SIZE, HEADER_TYPE, HEADER_TYPE_MULTIFUNCTION};
 use super::host_bridge::HostBridge;
 use super::PciDevice;
 use crate::Bus;
-use decode::BarState;
+use decode::{BarState, Decoder};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PciRootError {
@@ -64,9 +64,7 @@ struct Function {
 
 pub struct PciRoot {
     functions: RwLock<BTreeMap<Bdf, Arc<Function>>>,
-    pio: Arc<Bus>,
-    mmio: Arc<Bus>,
-    windows: PciWindows,
+    decoder: Arc<Decoder>,
     allocator: Mutex<BarAllocator>,
 }
 
@@ -82,9 +80,7 @@ impl PciRoot {
     pub fn new(pio: Arc<Bus>, mmio: Arc<Bus>, windows: PciWindows) -> Result<Self, PciRootError> {
         let root = Self {
             functions: RwLock::new(BTreeMap::new()),
-            pio,
-            mmio,
-            windows,
+            decoder: Arc::new(Decoder { pio, mmio, windows }),
             allocator: Mutex::new(BarAllocator::new(windows).map_err(PciRootError::Windows)?),
         };
         root.add_device(Some(0), 0, Arc::new(Mutex::new(HostBridge::new())))?;
@@ -92,7 +88,7 @@ impl PciRoot {
     }
 
     pub fn windows(&self) -> &PciWindows {
-        &self.windows
+        &self.decoder.windows
     }
 
     /// Put `device` at `slot` (`None`: the first slot with no function yet) and `function`,
@@ -140,7 +136,7 @@ impl PciRoot {
         }
         functions.insert(bdf, func.clone());
         drop(functions);
-        self.sync_bars(&func, &mut *dev);
+        self.decoder.sync_bars(&func, &mut *dev);
         Ok(bdf)
     }
 
@@ -176,7 +172,7 @@ impl PciRoot {
             }
             let mut dev = lock(&func.device);
             dev.config_write(off, &data[range]);
-            self.sync_bars(&func, &mut *dev);
+            self.decoder.sync_bars(&func, &mut *dev);
         }
     }
 
@@ -217,7 +213,7 @@ fn slot_keys(slot: u8) -> std::ops::RangeInclusive<Bdf> {
 
 /// Split an access of `len` bytes at `offset` into naturally aligned pieces of 4, 2 or 1
 /// bytes (what [`PciDevice`] accepts): (range within the data, config offset).
-fn chunks(offset: u16, len: usize) -> impl Iterator<Item = (Range<usize>, u16)> {
+pub(crate) fn chunks(offset: u16, len: usize) -> impl Iterator<Item = (Range<usize>, u16)> {
     let mut pos = 0;
     std::iter::from_fn(move || {
         if pos >= len {

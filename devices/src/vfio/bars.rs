@@ -79,6 +79,30 @@ pub fn direct_areas(info: &RegionInfo, traps: &[(u64, u64)], page: u64) -> Vec<S
     areas
 }
 
+/// An error unless `range` (what: "table" or "PBA") lies inside a memory BAR.
+pub fn check_inside_bar(
+    name: &str,
+    shadows: &BarShadows,
+    what: &'static str,
+    range: TrapRange,
+) -> Result<(), super::error::VfioPciError> {
+    let bar_size = shadows
+        .get(range.bar)
+        .filter(|b| b.kind() != crate::pci::BarKind::Io)
+        .map_or(0, |b| b.size());
+    if range.offset + range.len > bar_size {
+        return Err(super::error::VfioPciError::MsixOutsideBar {
+            device: name.to_string(),
+            what,
+            bar: range.bar,
+            offset: range.offset,
+            len: range.len,
+            bar_size,
+        });
+    }
+    Ok(())
+}
+
 /// One mmapped piece of a BAR and its KVM slot while the BAR decodes.
 struct DirectArea {
     offset: u64,

@@ -9,7 +9,7 @@ use crate::pci::{Bar, PciDevice, PciError, ROM_BAR_INDEX};
 use crate::services::{DmaMapper, InterruptRouter, MemoryMapper};
 
 use super::backend::{IrqIndex, VfioBackend, CONFIG_REGION, ROM_REGION};
-use super::bars::{DirectBars, TrapRange};
+use super::bars::{check_inside_bar, DirectBars};
 use crate::pci::config::{
     merge_dword, BAR0, CAPABILITY_POINTER, CAP_ID_MSI, CAP_ID_MSIX, CAP_ID_PCIE, COMMAND,
     COMMAND_BUS_MASTER, COMMAND_IO, COMMAND_MEMORY, CONFIG_SPACE_SIZE, INTERRUPT_LINE,
@@ -25,6 +25,7 @@ use super::intx::Intx;
 use super::mapping::page_size;
 use super::msi::Msi;
 use super::msix::{self, Msix};
+use super::quirks::{self, Quirks, Route};
 use super::vectors::IrqCtx;
 
 const NVIDIA: u16 = 0x10de;
@@ -65,6 +66,8 @@ pub struct VfioPciDevice {
     /// NVIDIA GPUDirect clique capability, at the head of the capability list.
     clique: Option<CliqueCap>,
     intx: Option<Intx>,
+    /// Vendor backdoors into config space (`quirks.rs`).
+    quirks: Quirks,
     direct: DirectBars,
     released: bool,
 }
@@ -114,6 +117,9 @@ impl VfioPciDevice {
                 traps.push(range);
             }
         }
+        let msi_cap = msi.as_ref().map(Msi::cap_offset);
+        let quirks = Quirks::probe(&name, &*backend, &shadows, read, config_size, msi_cap);
+        traps.extend(quirks.traps());
         let direct = DirectBars::new(&name, &*backend, &shadows, &traps, memory, page_size());
 
         // The guest meets the device as after a reset, whatever the host left on (the
@@ -148,6 +154,7 @@ impl VfioPciDevice {
             ext_caps,
             clique: None,
             intx,
+            quirks,
             direct,
             released: false,
         };
@@ -403,29 +410,6 @@ fn is_bar_register(offset: u16) -> bool {
     (BAR0..BAR0 + 24).contains(&offset) || offset == ROM_BAR
 }
 
-fn check_inside_bar(
-    name: &str,
-    shadows: &BarShadows,
-    what: &'static str,
-    range: TrapRange,
-) -> Result<(), VfioPciError> {
-    let bar_size = shadows
-        .get(range.bar)
-        .filter(|b| b.kind() != crate::pci::BarKind::Io)
-        .map_or(0, |b| b.size());
-    if range.offset + range.len > bar_size {
-        return Err(VfioPciError::MsixOutsideBar {
-            device: name.to_string(),
-            what,
-            bar: range.bar,
-            offset: range.offset,
-            len: range.len,
-            bar_size,
-        });
-    }
-    Ok(())
-}
-
 impl PciDevice for VfioPciDevice {
     fn config_read(&mut self, offset: u16) -> u32 {
         let offset = offset & !3;
@@ -543,6 +527,10 @@ impl PciDevice for VfioPciDevice {
             data.fill(0xff);
             return;
         }
+        let route = self.quirks.route(index, offset, data.len(), None);
+        if route != Route::Device {
+            return quirks::read_through(self, route, data);
+        }
         if let Some(msix) = &self.msix {
             if msix.bar_read(&self.name, index, offset, data) {
                 return;
@@ -559,6 +547,13 @@ impl PciDevice for VfioPciDevice {
     fn bar_write(&mut self, index: u8, offset: u64, data: &[u8]) {
         if self.released || !self.bar_access_ok(index, offset, data.len()) {
             return;
+        }
+        let route = self.quirks.route(index, offset, data.len(), Some(data));
+        if let Route::Config { ack: true, .. } = route {
+            self.backend.region_write(u32::from(index), offset, data);
+        }
+        if route != Route::Device {
+            return quirks::write_through(self, route, data);
         }
         let ctx = irq_ctx!(self);
         if let Some(msix) = self.msix.as_mut() {
@@ -581,6 +576,10 @@ impl PciDevice for VfioPciDevice {
                 self.name
             );
         }
+    }
+
+    fn take_config_changed(&mut self) -> bool {
+        self.quirks.take_config_written()
     }
 
     fn preferred_bar_addresses(&self) -> Vec<(u8, u64)> {

@@ -20,6 +20,9 @@ use super::backend::{IrqIndex, IrqInfo, RegionInfo, SparseArea, VfioBackend};
 use super::error::BackendError;
 use super::mapping::DeviceMapping;
 
+mod gpu;
+pub use gpu::{NVIDIA_MIRROR, NVIDIA_MSIX_PBA, NVIDIA_MSIX_TABLE};
+
 pub const MSI_CAP: u16 = 0x50;
 pub const MSIX_CAP: u16 = 0x70;
 pub const VENDOR_CAP: u16 = 0x80;

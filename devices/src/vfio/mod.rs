@@ -12,6 +12,8 @@
 //!   cut out) and become KVM memory slots while they decode (`bars.rs`); the rest traps;
 //! - INTx is an irqfd with resample on a level-triggered IOAPIC pin (`intx.rs`), switched
 //!   off while MSI or MSI-X is on;
+//! - config-space mirrors in BARs (NVIDIA's BAR 0 mirror and BAR 5 window) trap and go
+//!   through the emulated config space (`quirks.rs`);
 //! - peer-to-peer (on request): the mmapped BAR parts are DMA-mapped at their guest
 //!   addresses too (`bars.rs`), and an NVIDIA GPU may get the GPUDirect clique
 //!   capability (`gpudirect.rs`).
@@ -31,6 +33,7 @@ mod intx;
 mod mapping;
 mod msi;
 mod msix;
+mod quirks;
 mod vectors;
 
 #[cfg(any(test, feature = "mock"))]

@@ -1,5 +1,6 @@
-//! BAR decode tracking: after each config write the root compares what a function's BARs
-//! say ([`PciDevice::bars`]) with what it has on the buses, and moves bus ranges to match.
+//! BAR decode tracking: after each config write (and each BAR write that changed config
+//! space, through a mirror of it in a BAR) the root compares what a function's BARs say
+//! ([`PciDevice::bars`]) with what it has on the buses, and moves bus ranges to match.
 //!
 //! The guest may write anything to a BAR (sizing writes all-ones, a 64-bit BAR is written
 //! one half at a time, and decoding is not always off meanwhile), so a decoding BAR is
@@ -15,10 +16,10 @@
 //! Anything else is left off with a warning; the guest keeps running and the BAR is put on
 //! the bus as soon as a later write makes it sane.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
-use super::{lock, Function, PciRoot, SharedDevice};
-use crate::pci::allocator::{BarName, Size, Window};
+use super::{lock, Function, SharedDevice};
+use crate::pci::allocator::{BarName, PciWindows, Size, Window};
 use crate::pci::{Bar, BarKind, PciDevice};
 use crate::{Bus, BusDevice, WeakBusDevice};
 
@@ -27,6 +28,9 @@ use crate::{Bus, BusDevice, WeakBusDevice};
 struct BarRegion {
     device: SharedDevice,
     index: u8,
+    /// To re-sync after a BAR write that changed config space (a config mirror in a BAR).
+    func: Weak<Function>,
+    decoder: Arc<Decoder>,
 }
 
 impl BusDevice for BarRegion {
@@ -35,8 +39,22 @@ impl BusDevice for BarRegion {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        lock(&self.device).bar_write(self.index, offset, data);
+        let mut dev = lock(&self.device);
+        dev.bar_write(self.index, offset, data);
+        if dev.take_config_changed() {
+            if let Some(func) = self.func.upgrade() {
+                self.decoder.sync_bars(&func, &mut *dev);
+            }
+        }
     }
+}
+
+/// What BAR decoding needs of the root: the buses BARs go on and the windows they must lie
+/// in. Shared with the BAR regions.
+pub(super) struct Decoder {
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    pub windows: PciWindows,
 }
 
 /// A BAR the root put on a bus. The root owns the region; the bus only refers to it.
@@ -54,11 +72,11 @@ pub(super) struct BarState {
     refused: Vec<Bar>,
 }
 
-impl PciRoot {
+impl Decoder {
     /// Bring the buses in line with `dev`'s BARs. `dev` is `func`'s device, locked by the
     /// caller; BARs that stop decoding or move are unmapped before any is mapped, so two
     /// BARs may swap addresses in one step. Refused BARs are retried on every call.
-    pub(super) fn sync_bars(&self, func: &Function, dev: &mut dyn PciDevice) {
+    pub(super) fn sync_bars(self: &Arc<Self>, func: &Arc<Function>, dev: &mut dyn PciDevice) {
         let wanted: Vec<Bar> = dev.bars().into_iter().filter(|b| b.decoding).collect();
         let mut state = lock(&func.bars);
         let (keep, gone): (Vec<MappedBar>, Vec<MappedBar>) = state
@@ -97,8 +115,8 @@ impl PciRoot {
     /// Put `bar` on its bus and tell the device, or say why not. Returns the region the
     /// bus refers to, for the caller to keep alive while the BAR stays mapped.
     fn map_bar(
-        &self,
-        func: &Function,
+        self: &Arc<Self>,
+        func: &Arc<Function>,
         dev: &mut dyn PciDevice,
         bar: &Bar,
     ) -> Result<Arc<Mutex<BarRegion>>, String> {
@@ -108,6 +126,8 @@ impl PciRoot {
         let region = Arc::new(Mutex::new(BarRegion {
             device: func.device.clone(),
             index: bar.index,
+            func: Arc::downgrade(func),
+            decoder: self.clone(),
         }));
         let bus = self.bus_for(bar);
         bus.insert(bar.addr, bar.size, Arc::downgrade(&region) as WeakBusDevice)

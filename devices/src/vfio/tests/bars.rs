@@ -208,3 +208,91 @@ fn a_slot_that_cannot_be_removed_keeps_its_mapping() {
     r.dev.release();
     assert_eq!(r.mapper.ranges(), vec![]);
 }
+
+mod gpus {
+    use std::sync::{Arc, Mutex};
+
+    use super::super::super::mock::{MockBackend, NVIDIA_MIRROR};
+    use super::*;
+    use crate::pci::allocator::{BarAllocator, PciWindows};
+    use crate::pci::root::PciRoot;
+    use crate::pci::BarKind;
+    use crate::Bus;
+
+    const GIB: u64 = 1 << 30;
+    const TIB: u64 = 1 << 40;
+
+    /// Eight GPUs with a 256 GiB BAR each: where the VM puts them (the root, host addresses
+    /// preferred) and where `zhitong check` packs them (the same allocator on the same
+    /// windows, nothing preferred) agree, fitting from 42 physical address bits.
+    #[test]
+    fn eight_gpus_with_256_gib_bars_fit_where_check_says() {
+        for bits in [41u8, 42, 46] {
+            let windows = PciWindows::for_guest(16 * GIB, bits);
+            let root = PciRoot::new(Arc::new(Bus::new()), Arc::new(Bus::new()), windows).unwrap();
+            let mut check = BarAllocator::new(windows).unwrap();
+            let (mut placed, mut checked) = (Vec::new(), 0);
+            for i in 0..8 {
+                let backend = MockBackend::nvidia_gpu(256 * GIB);
+                // A host that put each GPU's 64-bit BARs together above 32 TiB.
+                backend.set_host_bar(1, 32 * TIB + i * 512 * GIB);
+                backend.set_host_bar(3, 32 * TIB + i * 512 * GIB + 256 * GIB);
+                let dev = rig_with(backend, None).unwrap().dev;
+                checked += usize::from(check.allocate_device_bars(&dev.bars(), &[]).is_ok());
+                let dev = Arc::new(Mutex::new(dev));
+                if root.add_device(None, 0, dev.clone()).is_ok() {
+                    placed.push(bar(&dev.lock().unwrap(), 1));
+                }
+            }
+            assert_eq!(
+                placed.len(),
+                checked,
+                "{bits} bits: check and placement agree"
+            );
+            assert_eq!(placed.len() == 8, bits >= 42, "{bits} bits");
+            let window = windows.mmio64.unwrap();
+            for (i, b) in placed.iter().enumerate() {
+                assert!(b.prefetchable && b.kind == BarKind::Mem64);
+                assert!(window.contains(b.addr, b.size) && b.addr % b.size == 0);
+                if bits == 46 {
+                    assert_eq!(
+                        b.addr,
+                        32 * TIB + i as u64 * 512 * GIB,
+                        "the host's address"
+                    );
+                }
+            }
+        }
+    }
+
+    fn bar(dev: &VfioPciDevice, index: u8) -> Bar {
+        *dev.bars().iter().find(|b| b.index == index).unwrap()
+    }
+
+    /// A BAR moved through the config mirror moves on the bus too, as after a config write.
+    #[test]
+    fn a_bar_moved_through_the_mirror_moves_on_the_bus() {
+        let mmio = Arc::new(Bus::new());
+        let windows = PciWindows::for_guest(16 * GIB, 46);
+        let root = PciRoot::new(Arc::new(Bus::new()), mmio.clone(), windows).unwrap();
+        let dev = rig_with(MockBackend::nvidia_gpu(256 << 20), None)
+            .unwrap()
+            .dev;
+        let dev = Arc::new(Mutex::new(dev));
+        let bdf = root.add_device(None, 0, dev.clone()).unwrap();
+        root.config_write(bdf, 0x04, &[0x02, 0x00]);
+        let (bar0, old) = {
+            let d = dev.lock().unwrap();
+            (bar(&d, 0).addr, bar(&d, 1).addr)
+        };
+        let new = windows.mmio64.unwrap().start + 4 * GIB;
+        let mut b = [0u8; 4];
+        assert!(mmio.read(old, &mut b) && !mmio.read(new, &mut b));
+        let mirror = bar0 + NVIDIA_MIRROR;
+        assert!(mmio.write(mirror + 0x14, &(new as u32 | 0xc).to_le_bytes()));
+        assert!(mmio.write(mirror + 0x18, &((new >> 32) as u32).to_le_bytes()));
+        assert_eq!(bar(&dev.lock().unwrap(), 1).addr, new);
+        assert!(!mmio.read(old, &mut b), "gone from the old address");
+        assert!(mmio.read(new, &mut b), "on the bus at the new one");
+    }
+}

@@ -6,6 +6,7 @@ mod intx;
 mod msi;
 mod msix;
 mod p2p;
+mod quirks;
 mod release;
 
 use std::sync::Arc;
