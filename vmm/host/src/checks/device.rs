@@ -186,6 +186,8 @@ pub fn bars_of(resources: &[Resource]) -> Vec<Bar> {
             kind: match (r.index, r.io, r.mem64) {
                 (ROM_BAR_INDEX, _, _) => BarKind::Rom,
                 (_, true, _) => BarKind::Io,
+                // A 64-bit BAR 5 has no upper half: the VM places it as 32-bit, so must we.
+                (5, _, true) => BarKind::Mem32,
                 (_, _, true) => BarKind::Mem64,
                 _ => BarKind::Mem32,
             },

@@ -387,3 +387,22 @@ fn a_kernel_without_vfio_groups_opens_devices_through_their_cdev() {
         "{backend}"
     );
 }
+
+/// A BAR 5 that claims to be 64-bit is placed as 32-bit by the VM (it has no upper half):
+/// the check must size the 32-bit window with it too.
+#[test]
+fn a_64_bit_bar_5_counts_as_32_bit() {
+    use crate::sysfs::Resource;
+    use device::bars_of;
+    use devices::pci::BarKind;
+    let r = |index, mem64| Resource {
+        index,
+        size: 1 << 20,
+        io: false,
+        mem64,
+        prefetchable: false,
+    };
+    let bars = bars_of(&[r(0, true), r(5, true), r(5, false)]);
+    let kinds: Vec<BarKind> = bars.iter().map(|b| b.kind).collect();
+    assert_eq!(kinds, [BarKind::Mem64, BarKind::Mem32, BarKind::Mem32]);
+}
