@@ -229,22 +229,27 @@ impl VfioRun {
         self.run.case(name)
     }
 
-    /// Prints the run's figures (stderr): L0 time, L1 ready, each case's time.
+    /// Prints the run's figures (stderr, and report.txt in the run's output directory, as
+    /// the test harness keeps stderr of passing tests to itself): L0 time, L1 ready, each
+    /// case's time and its boot timeline (zhitong's --timings line, when it printed one).
     pub fn report(&self, what: &str) {
-        eprintln!(
-            "{what}: L0 run {:.1} s (boots: {}), L1 kvm ready at {:.1} s",
+        let mut text = format!(
+            "{what}: L0 run {:.1} s (boots: {}), L1 kvm ready at {:.1} s\n",
             self.run.elapsed.as_secs_f64(),
             self.run.boots,
             self.run.l1_ready.map_or(f64::NAN, |d| d.as_secs_f64())
         );
         for c in &self.run.cases {
-            eprintln!(
-                "{what}: case {} rc={:?} in {:.1} s",
+            text.push_str(&format!(
+                "{what}: case {} rc={:?} in {:.1} s {}\n",
                 c.name,
                 c.rc,
-                c.elapsed.map_or(f64::NAN, |d| d.as_secs_f64())
-            );
+                c.elapsed.map_or(f64::NAN, |d| d.as_secs_f64()),
+                c.timings.as_deref().unwrap_or("")
+            ));
         }
+        eprint!("{text}");
+        let _ = fs::write(self.run.out_dir.join("report.txt"), text);
     }
 }
 
