@@ -113,6 +113,22 @@ pub trait VfioBackend: Send {
     fn reset(&self);
 }
 
+/// Reset the device (when it can be reset) at release, and say so when it does not answer
+/// afterwards (its vendor ID reads all-ones): the next VM to open it would be refused. True
+/// when it answers.
+pub fn reset_and_check(backend: &dyn VfioBackend, name: &str) -> bool {
+    backend.reset();
+    let mut vendor = [0u8; 2];
+    backend.region_read(CONFIG_REGION, 0, &mut vendor);
+    let answers = vendor != [0xff, 0xff];
+    if !answers {
+        log::error!(
+            "{name}: does not answer after its reset (vendor ID reads 0xffff); the next VM cannot use it until the host brings it back: echo 1 > /sys/bus/pci/devices/{name}/remove; echo 1 > /sys/bus/pci/rescan (or reboot the host)"
+        );
+    }
+    answers
+}
+
 /// The real backend: an opened VFIO device (its group already in a container attached to
 /// the KVM VFIO device).
 pub struct VfioDeviceBackend {

@@ -216,7 +216,7 @@ impl VfioPciDevice {
             intx.disable(&ctx);
         }
         self.direct.release();
-        self.backend.reset();
+        super::backend::reset_and_check(&*self.backend, &self.name);
     }
 
     /// Peer-to-peer: from now on the BARs' mmappable parts are DMA-mapped at their guest

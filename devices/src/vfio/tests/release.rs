@@ -119,3 +119,21 @@ fn release_with_intx_and_msi() {
     assert_eq!(r.router.state().released.len(), 4);
     assert_eq!(r.backend.state().enabled, None);
 }
+
+/// A device that stops answering config reads after its reset (vendor ID all-ones) is
+/// reported at release; one that answers is not.
+#[test]
+fn a_device_that_does_not_come_back_after_its_reset_is_reported() {
+    let r = rig();
+    let before = resets(&r);
+    assert!(super::super::backend::reset_and_check(
+        &r.backend,
+        "0000:01:00.0"
+    ));
+    r.backend.state().config_mut()[..2].copy_from_slice(&[0xff, 0xff]);
+    assert!(!super::super::backend::reset_and_check(
+        &r.backend,
+        "0000:01:00.0"
+    ));
+    assert_eq!(resets(&r), before + 2);
+}
