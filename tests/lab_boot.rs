@@ -115,6 +115,16 @@ grep 'L2: touched=' /tmp/rss.out | sed 's/^/RSS: /'
 sed 's/^/RSS: stderr: /' /tmp/rss.err
 "#;
 
+/// L1's pool of 2M pages.
+const HP_2M: &str = "kernel/mm/hugepages/hugepages-2048kB";
+
+/// zhitong's vCPU 0 thread exists: the guest runs.
+const VCPU_RUNS: &str = "cat /proc/$pid/task/*/comm 2>/dev/null | grep -qx vcpu0";
+
+/// How many of L1's 2M pages the running VM holds: in use plus reserved.
+const HUGEPAGES_PROBE: &str = r#"d=/sys/kernel/mm/hugepages/hugepages-2048kB
+echo "L1: hp_held=$(( $(cat $d/nr_hugepages) - $(cat $d/free_hugepages) + $(cat $d/resv_hugepages) ))""#;
+
 fn lab() -> &'static LabRun {
     static RUN: OnceLock<Result<LabRun, String>> = OnceLock::new();
     let run = RUN.get_or_init(|| {
@@ -192,7 +202,19 @@ fn lab() -> &'static LabRun {
                     .arg("--help"),
             )
             .case(Case::shell("rss", RSS_SCRIPT).timeout(Duration::from_secs(240)))
-            .case(Case::new("cpus0").timings(false).cpus(0));
+            .case(Case::new("cpus0").timings(false).cpus(0))
+            // Guest RAM in 2M huge pages (L1 reserves 300), then more 1G pages than L1 has.
+            .l1_line(&format!("echo 300 > /sys/{HP_2M}/nr_hugepages"))
+            .case(
+                Case::new("hugepages-2m")
+                    .memory("512M,hugepages=2M")
+                    .probe_when(VCPU_RUNS, HUGEPAGES_PROBE),
+            )
+            .case(
+                Case::new("hugepages-short")
+                    .timings(false)
+                    .memory("2G,hugepages=1G"),
+            );
         let run = lab.run().map_err(|e| e.to_string())?;
         eprintln!(
             "lab_boot: L0 run took {:.1} s (boots: {})",
@@ -375,6 +397,28 @@ fn guest_reboot_exits_0() {
 #[test]
 fn more_memory_than_the_host_is_a_usage_error() {
     assert_one_error_line(lab().case("memory-too-big"), 2, &["--memory"]);
+}
+
+/// `--memory 512M,hugepages=2M`: the guest boots with its RAM, and the VM holds exactly 256
+/// of L1's 2M pages (in use or reserved) while it runs.
+#[test]
+fn guest_ram_in_2m_huge_pages() {
+    let c = lab().case("hugepages-2m");
+    assert_guest(c, 1, 512);
+    c.check(
+        c.l1_marker("hp_held") == Some("256"),
+        &format!(
+            "the VM holds {:?} 2M pages, want 256",
+            c.l1_marker("hp_held")
+        ),
+    );
+}
+
+/// More 1G pages than the host has (none are reserved in L1): one line naming free vs
+/// needed and the fix, exit 2.
+#[test]
+fn too_few_huge_pages_is_a_usage_error_with_the_fix() {
+    assert_one_error_line(lab().case("hugepages-short"), 2, &["1G huge pages"]);
 }
 
 #[test]

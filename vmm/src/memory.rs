@@ -1,17 +1,79 @@
-//! Guest RAM: anonymous mappings split around the MMIO hole, one KVM memory slot each.
+//! Guest RAM: mappings split around the MMIO hole, one KVM memory slot each; anonymous
+//! (with transparent huge pages) or, when asked, in a hugetlb memfd whose pages are all
+//! reserved when it is mapped.
+
+use std::ffi::CStr;
+use std::fs::File;
+use std::os::fd::FromRawFd;
 
 use arch::layout::ram_regions;
+use host::hugepages::HugePageSize;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{
+    FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap,
+};
 
 use crate::error::{Error, Result};
 use arch::units::format_size;
 
+/// Map `size` bytes of guest RAM, backed by `hugepages` when given (see
+/// [`create_hugetlb_memory`]), else anonymous memory (see [`create_anonymous_memory`]).
+pub fn create_guest_memory(size: u64, hugepages: Option<HugePageSize>) -> Result<GuestMemoryMmap> {
+    match hugepages {
+        Some(page) => create_hugetlb_memory(size, page),
+        None => create_anonymous_memory(size),
+    }
+}
+
+/// Guest RAM in one memfd of `page`-sized huge pages (a file other processes could share
+/// later), mapped shared without MAP_NORESERVE: the kernel reserves every huge page at
+/// mmap time, so a host short of them fails here with ENOMEM instead of the guest dying of
+/// SIGBUS on a page it touches later.
+fn create_hugetlb_memory(size: u64, page: HugePageSize) -> Result<GuestMemoryMmap> {
+    let failed = |e: std::io::Error| Error::GuestMemory {
+        size: format!("{} in {page} huge pages", format_size(size)),
+        source: Box::new(e),
+    };
+    const NAME: &CStr = c"zhitong-guest-ram";
+    let flags = libc::MFD_CLOEXEC | libc::MFD_HUGETLB | (page.shift() << libc::MFD_HUGE_SHIFT);
+    // SAFETY: a NUL-terminated name and flags; the fd is checked.
+    let fd = unsafe { libc::memfd_create(NAME.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(failed(std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` is a new descriptor that nothing else owns.
+    let file = std::sync::Arc::new(unsafe { File::from_raw_fd(fd) });
+    file.set_len(size).map_err(failed)?;
+    let mut regions = Vec::new();
+    let mut offset = 0;
+    for (start, len) in ram_regions(size) {
+        let mapping = MmapRegionBuilder::new(len as usize)
+            .with_file_offset(FileOffset::from_arc(file.clone(), offset))
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_SHARED)
+            .build()
+            .map_err(|e| match e {
+                vm_memory::mmap::MmapRegionError::Mmap(io) => failed(io),
+                e => failed(std::io::Error::other(e.to_string())),
+            })?;
+        let region = GuestRegionMmap::new(mapping, GuestAddress(start))
+            .ok_or_else(|| failed(std::io::Error::other("region overflows")))?;
+        regions.push(region);
+        offset += len;
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(|e| Error::GuestMemory {
+        size: format_size(size),
+        source: Box::new(e),
+    })
+}
+
 /// Map `size` bytes of guest RAM (not yet touched: pages are allocated on first use),
 /// asking for transparent huge pages: fewer nested-paging misses for the guest, and 512x
 /// fewer pages to pin when the RAM is DMA-mapped for passthrough.
-pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap> {
+fn create_anonymous_memory(size: u64) -> Result<GuestMemoryMmap> {
     let ranges: Vec<(GuestAddress, usize)> = ram_regions(size)
         .into_iter()
         .map(|(start, len)| (GuestAddress(start), len as usize))
@@ -68,8 +130,26 @@ mod tests {
 
     #[test]
     fn memory_is_split_like_the_layout() {
-        let mem = create_guest_memory(256 << 20).unwrap();
+        let mem = create_guest_memory(256 << 20, None).unwrap();
         assert_eq!(mem.num_regions(), 1);
         assert_eq!(mem.last_addr(), GuestAddress((256 << 20) - 1));
+    }
+
+    /// Without free huge pages (this machine reserves none), the mapping fails at once with
+    /// a message naming the size, not later with SIGBUS.
+    #[test]
+    fn huge_pages_the_host_lacks_fail_up_front() {
+        let free =
+            std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok());
+        if free.unwrap_or(0) >= 128 {
+            let mem = create_guest_memory(256 << 20, Some(HugePageSize::Size2M)).unwrap();
+            assert_eq!(mem.num_regions(), 1);
+            return;
+        }
+        let err = create_guest_memory(256 << 20, Some(HugePageSize::Size2M)).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("256M in 2M huge pages"), "{msg}");
     }
 }

@@ -135,9 +135,16 @@ impl Vm {
     }
 }
 
-/// The passthrough checks, once per VM: every device is usable and its BARs fit the guest
+/// The host checks, once per VM: the free huge pages the RAM asks for; every device is
+/// usable and its BARs fit the guest
 /// (windows sized as `zhitong check` sizes them, from the host's physical address bits).
 fn preflight(host: &Host, config: &VmConfig) -> Result<(Vec<CheckedDevice>, VfioBackend)> {
+    if let Some(page) = config.machine.hugepages {
+        let found = host::hugepages::check(host, config.machine.memory_bytes, page);
+        if found.is_fail() {
+            return Err(host::preflight::PreflightError(found).into());
+        }
+    }
     if config.devices.is_empty() {
         return Ok((
             Vec::new(),
@@ -188,7 +195,7 @@ fn run_vm(
     let vm = Arc::new(kvm::create_vm(&kvm)?);
     timeline.mark(Milestone::VmCreated);
 
-    let mem = memory::create_guest_memory(machine.memory_bytes)?;
+    let mem = memory::create_guest_memory(machine.memory_bytes, machine.hugepages)?;
     let ram_slots = memory::register_with_kvm(&vm, &mem)?;
     timeline.mark(Milestone::MemoryReady);
 

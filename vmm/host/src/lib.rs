@@ -6,6 +6,7 @@ pub mod bind;
 pub mod checks;
 pub mod cpu;
 pub mod finding;
+pub mod hugepages;
 pub mod inventory;
 pub mod pci_class;
 pub mod preflight;

@@ -14,6 +14,7 @@ use arch::units::{format_size, UnitError};
 pub use device::{DeviceConfig, DeviceError};
 use devices::pci::address::{MAX_DEVICES, MAX_FUNCTIONS};
 use devices::pci::Bdf;
+pub use host::hugepages::HugePageSize;
 pub use host::vfio_backend::VfioBackend;
 pub use security::{SecurityConfig, SecurityError};
 
@@ -37,6 +38,10 @@ pub struct MachineConfig {
     pub vcpus: u8,
     #[serde(rename = "memory", with = "file::size")]
     pub memory_bytes: u64,
+    /// Back guest RAM with huge pages of this size, all reserved when the VM starts;
+    /// `None`: 4K pages (with transparent huge pages where the host gives them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hugepages: Option<HugePageSize>,
 }
 
 fn vcpus_field<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
@@ -49,6 +54,7 @@ impl Default for MachineConfig {
         Self {
             vcpus: 1,
             memory_bytes: 512 << 20,
+            hugepages: None,
         }
     }
 }
@@ -176,6 +182,12 @@ pub enum ConfigError {
     MemoryUnaligned { got: String, suggest: String },
     #[error("machine.memory {got} is more than this host's {host} of RAM; ask for less")]
     MemoryTooLarge { got: String, host: String },
+    #[error("machine.memory {got} is not a multiple of its {page} huge pages; round it, e.g. to {suggest}")]
+    MemoryNotHugePages {
+        got: String,
+        page: HugePageSize,
+        suggest: String,
+    },
     #[error("machine.memory {got} is more than the platform's maximum of {max} (what 48-bit guest physical addresses hold, less the 1G MMIO hole); ask for at most {max}")]
     MemoryAboveMax { got: String, max: String },
     #[error("devices lists {functions} functions in {slots} host slots, more than the guest's PCI bus 0 holds ({GUEST_PCI_SLOTS} slots, one per host slot, of {MAX_FUNCTIONS} functions); pass fewer devices")]
@@ -263,6 +275,15 @@ impl MachineConfig {
                 suggest: format_size(self.memory_bytes.next_multiple_of(1 << 20)),
             });
         }
+        if let Some(page) = self.hugepages {
+            if !self.memory_bytes.is_multiple_of(page.bytes()) {
+                return Err(ConfigError::MemoryNotHugePages {
+                    got,
+                    page,
+                    suggest: format_size(self.memory_bytes.next_multiple_of(page.bytes())),
+                });
+            }
+        }
         if let Some(host) = host_ram {
             if self.memory_bytes > host {
                 return Err(ConfigError::MemoryTooLarge {
@@ -334,10 +355,44 @@ mod tests {
     }
 
     #[test]
+    fn huge_pages_need_a_multiple_of_their_size() {
+        let m = |bytes, page| MachineConfig {
+            vcpus: 1,
+            memory_bytes: bytes,
+            hugepages: Some(page),
+        };
+        assert!(m(2 << 30, HugePageSize::Size1G).validate(None).is_ok());
+        assert!(m(514 << 20, HugePageSize::Size2M).validate(None).is_ok());
+        let err = m(1536 << 20, HugePageSize::Size1G)
+            .validate(None)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "machine.memory 1536M is not a multiple of its 1G huge pages; round it, e.g. to 2G"
+        );
+        let cfg = file::parse(
+            "[kernel]\npath = \"/k\"\n[machine]\nmemory = \"4G\"\nhugepages = \"1G\"\n",
+            true,
+        )
+        .unwrap();
+        assert_eq!(cfg.machine.hugepages, Some(HugePageSize::Size1G));
+        let json = serde_json::to_string(&cfg).unwrap();
+        assert!(json.contains(r#""hugepages":"1G""#), "{json}");
+        assert_eq!(file::parse(&json, false).unwrap(), cfg);
+        let err = file::parse(
+            "[kernel]\npath = \"/k\"\n[machine]\nhugepages = \"4M\"\n",
+            true,
+        )
+        .unwrap_err();
+        assert!(err.contains("4M") && !err.contains('\n'), "{err}");
+    }
+
+    #[test]
     fn memory_limits() {
         let m = |bytes| MachineConfig {
             vcpus: 1,
             memory_bytes: bytes,
+            hugepages: None,
         };
         assert!(m(512 << 20).validate(Some(1 << 30)).is_ok());
         assert!(matches!(
@@ -360,6 +415,7 @@ mod tests {
         let m = |bytes| MachineConfig {
             vcpus: 1,
             memory_bytes: bytes,
+            hugepages: None,
         };
         assert!(m(MAX_MEMORY).validate(None).is_ok());
         for bytes in [MAX_MEMORY + 4096, u64::MAX, 16_777_215 << 40] {

@@ -18,17 +18,20 @@ pub use host::{
 
 use devices::pci::Bdf;
 
+use crate::hugepages::HugePageSize;
 use crate::vfio_backend::VfioBackend;
 
 use super::{Finding, Host, Status};
 
-/// Everything `zhitong check` looks at: the host, then each device (in the order given),
+/// Everything `zhitong check` looks at: the host (and its free huge pages of `hugepages`,
+/// when the guest's RAM is to be backed by them), then each device (in the order given),
 /// the VFIO backend they would be opened through (`backend`, or the one chosen for them),
 /// then whether the devices' BARs fit the guest's windows with `memory` bytes of RAM.
 pub fn check_all(
     host: &Host,
     devices: &[Bdf],
     memory: u64,
+    hugepages: Option<HugePageSize>,
     backend: Option<VfioBackend>,
     needs_p2p: bool,
 ) -> Vec<Finding> {
@@ -48,6 +51,7 @@ pub fn check_all(
         interrupt_remapping(host, likely),
         memlock(host, memory),
     ];
+    findings.extend(hugepages.map(|size| crate::hugepages::check(host, memory, size)));
     let mut seen = Vec::new();
     let mut present = Vec::new();
     let mut usable = Vec::new();

@@ -53,6 +53,7 @@ fn ready_host_with_a_bound_gpu() {
         &[bdf("01:00.0"), bdf("01:00.1")],
         4 << 30,
         None,
+        None,
         false,
     );
     for f in &findings {
@@ -318,7 +319,7 @@ fn big_bars_need_physical_address_bits() {
     let fake = gpu_host("bars");
     let gpu = [bdf("01:00.0")];
     let mut host = fake.host();
-    let f = &check_all(&host, &gpu, 4 << 30, None, false)
+    let f = &check_all(&host, &gpu, 4 << 30, None, None, false)
         .into_iter()
         .filter(|f| f.check == "bars")
         .collect::<Vec<_>>()[0];
@@ -359,6 +360,7 @@ fn duplicates_are_checked_once() {
         &[bdf("01:00.0"), bdf("0000:01:00.0")],
         1 << 30,
         None,
+        None,
         false,
     );
     assert_eq!(findings.iter().filter(|f| f.check == "bars").count(), 1);
@@ -380,7 +382,7 @@ fn a_kernel_without_vfio_groups_opens_devices_through_their_cdev() {
         !f.is_fail() && f.message.contains("opens through its VFIO cdev"),
         "{f}"
     );
-    let findings = check_all(&host, &[bdf("01:00.0")], 4 << 30, None, false);
+    let findings = check_all(&host, &[bdf("01:00.0")], 4 << 30, None, None, false);
     let backend = findings.iter().find(|f| f.check == "vfio-backend").unwrap();
     assert!(
         backend.message.contains("/dev/vfio/devices/vfio3"),
@@ -405,4 +407,18 @@ fn a_64_bit_bar_5_counts_as_32_bit() {
     let bars = bars_of(&[r(0, true), r(5, true), r(5, false)]);
     let kinds: Vec<BarKind> = bars.iter().map(|b| b.kind).collect();
     assert_eq!(kinds, [BarKind::Mem64, BarKind::Mem32, BarKind::Mem32]);
+}
+
+#[test]
+fn huge_pages_are_checked_when_asked_for() {
+    use crate::hugepages::HugePageSize;
+    let fake = gpu_host("hugepages-check");
+    let host = fake.host();
+    let has = |hp| {
+        check_all(&host, &[], 4 << 30, hp, None, false)
+            .iter()
+            .any(|f| f.check == "hugepages")
+    };
+    assert!(!has(None));
+    assert!(has(Some(HugePageSize::Size2M)));
 }

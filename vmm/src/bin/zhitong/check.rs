@@ -12,7 +12,8 @@ pub fn main(args: &CheckArgs) -> i32 {
     let findings = check_all(
         &host,
         &bdfs,
-        args.memory,
+        args.memory.bytes,
+        args.memory.hugepages,
         args.vfio_backend.and_then(|c| c.0),
         args.devices.iter().any(|d| d.p2p),
     );

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use devices::pci::Bdf;
 use vmm::config::parse_vcpus;
 use vmm::config::security::SeccompMode;
-use vmm::config::{ConfigError, DeviceConfig, VfioBackend};
+use vmm::config::{ConfigError, DeviceConfig, HugePageSize, VfioBackend};
 use vmm::VmConfig;
 
 #[derive(Debug, Parser)]
@@ -112,9 +112,10 @@ pub struct CheckArgs {
     /// with the options 'run --device' takes.
     #[arg(long = "device", value_name = "PATH|BDF[,OPTION...]", value_parser = parse_device_config_arg)]
     pub devices: Vec<DeviceConfig>,
-    /// The guest RAM the run will have (pinned for DMA; decides where BARs go).
-    #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_size_arg)]
-    pub memory: u64,
+    /// The guest RAM the run will have (pinned for DMA; decides where BARs go), and its
+    /// huge pages as 'run --memory' takes them (checked against the host's free ones).
+    #[arg(long, value_name = "SIZE[,hugepages=2M|1G]", default_value = "512M", value_parser = parse_memory_arg)]
+    pub memory: MemoryArg,
     /// One JSON object ({"ready": bool, "findings": [...]}) instead of text.
     #[arg(long)]
     pub json: bool,
@@ -172,9 +173,11 @@ pub struct RunArgs {
     /// Number of vCPUs [default: 1].
     #[arg(long, value_name = "N", value_parser = parse_vcpus_arg)]
     pub cpus: Option<u8>,
-    /// Guest RAM, e.g. 512M or 4G (a plain number means MiB) [default: 512M].
-    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
-    pub memory: Option<u64>,
+    /// Guest RAM, e.g. 512M or 4G (a plain number means MiB) [default: 512M]; with
+    /// hugepages=2M or hugepages=1G it is backed by huge pages of that size, reserved at
+    /// start (the host must have enough free: see 'zhitong check --memory').
+    #[arg(long, value_name = "SIZE[,hugepages=2M|1G]", value_parser = parse_memory_arg)]
+    pub memory: Option<MemoryArg>,
     /// Pass a host PCI device through with VFIO: a BDF (0000:01:00.0) or its sysfs path,
     /// then options: p2p=on (its BARs DMA-mapped so other passed-through devices reach
     /// them), clique=0-15 (NVIDIA GPUDirect clique; needs p2p=on). Repeatable. The device
@@ -229,6 +232,31 @@ fn parse_size_arg(s: &str) -> Result<u64, String> {
     parse_size(s).map_err(|e| e.to_string())
 }
 
+/// `--memory SIZE[,hugepages=2M|1G]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryArg {
+    pub bytes: u64,
+    pub hugepages: Option<HugePageSize>,
+}
+
+fn parse_memory_arg(s: &str) -> Result<MemoryArg, String> {
+    let mut parts = s.split(',');
+    let bytes = parse_size_arg(parts.next().unwrap_or_default())?;
+    let mut hugepages = None;
+    for option in parts {
+        match option.split_once('=') {
+            Some(("hugepages", size)) if hugepages.is_none() => hugepages = Some(size.parse()?),
+            Some(("hugepages", _)) => return Err("hugepages is given twice".into()),
+            _ => {
+                return Err(format!(
+                    "unknown memory option '{option}' (hugepages=2M or hugepages=1G)"
+                ))
+            }
+        }
+    }
+    Ok(MemoryArg { bytes, hugepages })
+}
+
 fn parse_vcpus_arg(s: &str) -> Result<u8, String> {
     parse_vcpus(s).map_err(|e| crate::flag_errors::message(&e.into()))
 }
@@ -262,7 +290,10 @@ impl RunArgs {
             cfg.machine.vcpus = cpus;
         }
         if let Some(memory) = self.memory {
-            cfg.machine.memory_bytes = memory;
+            cfg.machine.memory_bytes = memory.bytes;
+            if memory.hugepages.is_some() {
+                cfg.machine.hugepages = memory.hugepages;
+            }
         }
         if !self.devices.is_empty() {
             cfg.devices = self.devices.clone();

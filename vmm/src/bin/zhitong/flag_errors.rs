@@ -41,6 +41,9 @@ fn config_message(e: &ConfigError) -> String {
         ConfigError::MemoryTooLarge { got, host } => {
             format!("--memory {got} is more than this host's {host} of RAM; ask for less")
         }
+        ConfigError::MemoryNotHugePages { got, page, suggest } => format!(
+            "--memory {got} is not a multiple of its {page} huge pages; round it, e.g. to {suggest},hugepages={page}"
+        ),
         ConfigError::MemoryAboveMax { got, max } => format!(
             "--memory {got} is more than the platform's maximum of {max} (what 48-bit guest physical addresses hold, less the 1G MMIO hole); ask for at most {max}"
         ),
@@ -82,6 +85,7 @@ mod tests {
             let m = MachineConfig {
                 vcpus: 1,
                 memory_bytes: bytes,
+                hugepages: None,
             };
             config(m.validate(Some(4 << 30)).unwrap_err())
         };

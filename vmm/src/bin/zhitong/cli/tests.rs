@@ -130,6 +130,53 @@ fn security_flags() {
 }
 
 #[test]
+fn memory_with_huge_pages() {
+    let config = |extra: &[&str]| match run_args(extra) {
+        Parsed::Run(Cli {
+            command: Command::Run(args),
+        }) => args.to_config().unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let m = config(&["--memory", "4G,hugepages=1G"]).machine;
+    assert_eq!(
+        (m.memory_bytes, m.hugepages),
+        (4 << 30, Some(HugePageSize::Size1G))
+    );
+    let m = config(&["--memory", "2G"]).machine;
+    assert_eq!((m.memory_bytes, m.hugepages), (2 << 30, None));
+    for (arg, needle) in [
+        ("4G,hugepages=4M", "'4M' (2M or 1G)"),
+        ("4G,huge=1G", "unknown memory option 'huge=1G'"),
+        ("4G,hugepages=2M,hugepages=1G", "twice"),
+        ("lots,hugepages=2M", "lots"),
+    ] {
+        let msg = usage(run_args(&["--memory", arg]));
+        assert!(msg.contains(needle), "{arg}: {msg}");
+    }
+    let Parsed::Run(cli) = parse(["zhitong", "check", "--memory", "16G,hugepages=1G"]) else {
+        panic!()
+    };
+    let Command::Check(args) = cli.command else {
+        panic!()
+    };
+    assert_eq!(args.memory.hugepages, Some(HugePageSize::Size1G));
+    // A size that is not a multiple of its pages: worded as the flag.
+    let err = match run_args(&["--memory", "1536M,hugepages=1G"]) {
+        Parsed::Run(Cli {
+            command: Command::Run(args),
+        }) => args.to_config().unwrap(),
+        other => panic!("{other:?}"),
+    }
+    .machine
+    .validate(None)
+    .unwrap_err();
+    assert_eq!(
+        crate::flag_errors::message(&err.into()),
+        "--memory 1536M is not a multiple of its 1G huge pages; round it, e.g. to 2G,hugepages=1G"
+    );
+}
+
+#[test]
 fn vfio_backend_flag() {
     let config = |extra: &[&str]| match run_args(extra) {
         Parsed::Run(Cli {
@@ -183,7 +230,7 @@ fn host_commands() {
         panic!()
     };
     assert_eq!(
-        (args.devices.len(), args.memory, args.json),
+        (args.devices.len(), args.memory.bytes, args.json),
         (2, 16 << 30, false)
     );
     let Parsed::Run(cli) = parse(["zhitong", "check"]) else {
@@ -192,7 +239,7 @@ fn host_commands() {
     let Command::Check(args) = cli.command else {
         panic!()
     };
-    assert_eq!(args.memory, 512 << 20);
+    assert_eq!(args.memory.bytes, 512 << 20);
     let Parsed::Run(cli) = parse(["zhitong", "bind", "/sys/bus/pci/devices/0000:01:00.0"]) else {
         panic!()
     };
