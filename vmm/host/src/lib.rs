@@ -10,6 +10,7 @@ pub mod hugepages;
 pub mod inventory;
 pub mod pci_class;
 pub mod preflight;
+pub mod remapping;
 pub mod state;
 pub mod sysfs;
 pub mod vfio_backend;

@@ -11,7 +11,7 @@ use std::str::FromStr;
 use devices::pci::Bdf;
 use serde::{Deserialize, Serialize};
 
-use crate::checks::{remapping_on, unsafe_interrupts_allowed};
+use crate::remapping::{remapping_on, unsafe_interrupts_allowed};
 use crate::{Finding, Host};
 
 /// In config files and JSON: "legacy", "iommufd".
@@ -25,6 +25,15 @@ pub enum VfioBackend {
 }
 
 impl VfioBackend {
+    /// The kernel module whose allow_unsafe_interrupts lets this backend take devices
+    /// without interrupt remapping.
+    pub fn unsafe_interrupts_module(self) -> &'static str {
+        match self {
+            VfioBackend::Legacy => "vfio_iommu_type1",
+            VfioBackend::Iommufd => "iommufd",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             VfioBackend::Legacy => "legacy",
@@ -88,7 +97,7 @@ fn iommufd_unfit(host: &Host, devices: &[Bdf], needs_p2p: bool) -> Option<String
     // iommufd takes devices without interrupt remapping only with its own
     // allow_unsafe_interrupts; the legacy container has one of its own.
     let interrupts_ok = remapping_on(host) != Some(false)
-        || unsafe_interrupts_allowed(host, VfioBackend::Iommufd)
+        || unsafe_interrupts_allowed(host, VfioBackend::Iommufd.unsafe_interrupts_module())
         || !has_legacy(host);
     (!interrupts_ok)
         .then(|| "interrupt remapping is off and iommufd's allow_unsafe_interrupts is N".into())

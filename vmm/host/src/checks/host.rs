@@ -5,6 +5,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use crate::cpu::Vendor;
+use crate::remapping::{remapping_on, unsafe_interrupts_allowed};
 use crate::vfio_backend::{has_iommufd, VfioBackend};
 use crate::{Finding, Host};
 use arch::units::format_size;
@@ -182,28 +183,6 @@ fn hardware_remapping(host: &Host) -> Option<bool> {
     Some(first || answers.any(|a| a))
 }
 
-/// Interrupt remapping in use: the kernel's IRQ domains are then named IR-IO-APIC,
-/// IR-PCI-MSI... in /proc/interrupts. `None` when that cannot be read.
-pub fn remapping_on(host: &Host) -> Option<bool> {
-    let interrupts = std::fs::read_to_string(host.proc_path("interrupts")).ok()?;
-    Some(interrupts.split_whitespace().any(|w| w.starts_with("IR-")))
-}
-
-/// The module whose allow_unsafe_interrupts lets `backend` take devices without remapping.
-pub fn unsafe_interrupts_module(backend: VfioBackend) -> &'static str {
-    match backend {
-        VfioBackend::Legacy => "vfio_iommu_type1",
-        VfioBackend::Iommufd => "iommufd",
-    }
-}
-
-/// `backend` accepts devices without interrupt remapping (its allow_unsafe_interrupts).
-pub fn unsafe_interrupts_allowed(host: &Host, backend: VfioBackend) -> bool {
-    host.sysfs
-        .module_param(unsafe_interrupts_module(backend), "allow_unsafe_interrupts")
-        .is_some_and(|v| matches!(v.as_str(), "Y" | "y" | "1"))
-}
-
 /// Interrupt remapping in use, or `backend` told to live without it.
 pub fn interrupt_remapping(host: &Host, backend: VfioBackend) -> Finding {
     const CHECK: &str = "interrupt-remapping";
@@ -211,8 +190,8 @@ pub fn interrupt_remapping(host: &Host, backend: VfioBackend) -> Finding {
     if remapping == Some(true) {
         return Finding::ok(CHECK, "interrupt remapping is on");
     }
-    let module = unsafe_interrupts_module(backend);
-    if unsafe_interrupts_allowed(host, backend) {
+    let module = backend.unsafe_interrupts_module();
+    if unsafe_interrupts_allowed(host, module) {
         return Finding::warn(
             CHECK,
             format!("interrupt remapping is off; VFIO accepts devices anyway ({module} allow_unsafe_interrupts=Y), so a guest could forge interrupts"),

@@ -12,8 +12,7 @@ pub use device::{
     bars, device_chain, duplicate_device, reset, vfio_group_open_failed, VIABLE_DRIVERS,
 };
 pub use host::{
-    interrupt_remapping, iommu, iommu_fix, kvm, kvm_open_failed, memlock, remapping_on,
-    unsafe_interrupts_allowed, unsafe_interrupts_module, vfio_modules,
+    interrupt_remapping, iommu, iommu_fix, kvm, kvm_open_failed, memlock, vfio_modules,
 };
 
 use devices::pci::Bdf;
