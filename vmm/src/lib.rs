@@ -47,7 +47,6 @@ mod interrupts;
 mod kvm;
 pub mod matrix;
 mod memory;
-mod prefault;
 mod privileges;
 pub mod seccomp;
 mod slots;

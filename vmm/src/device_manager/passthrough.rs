@@ -109,12 +109,9 @@ pub fn attach(
             );
         }
     }
-    // Faulted in on all cores first: the pinning then finds every page there.
-    let prefault_time = crate::prefault::prefault(mem);
     attached.dma_map_time = attached.domain.map_guest_ram(mem)?;
     log::info!(
-        "guest RAM faulted in in {:.1} ms, DMA-mapped ({} backend) for {} device(s) in {:.1} ms",
-        prefault_time.as_secs_f64() * 1000.0,
+        "guest RAM DMA-mapped ({} backend) for {} device(s) in {:.1} ms",
         attached.domain.backend(),
         attached.devices.len(),
         attached.dma_map_time.as_secs_f64() * 1000.0
