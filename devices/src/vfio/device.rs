@@ -25,10 +25,8 @@ use super::intx::Intx;
 use super::mapping::page_size;
 use super::msi::Msi;
 use super::msix::{self, Msix};
-use super::quirks::{self, Quirks, Route};
+use super::quirks::{self, Quirks, Route, NVIDIA};
 use super::vectors::IrqCtx;
-
-const NVIDIA: u16 = 0x10de;
 
 /// Borrow the pieces interrupt emulation needs, leaving the emulation state free to borrow
 /// mutably.

@@ -22,7 +22,8 @@ use super::backend::VfioBackend;
 use super::bars::TrapRange;
 use super::config::BarShadows;
 
-const NVIDIA: u16 = 0x10de;
+/// NVIDIA's PCI vendor ID (the mirrors here, the GPUDirect clique in device.rs).
+pub(super) const NVIDIA: u16 = 0x10de;
 const CLASS_DISPLAY: u8 = 0x03;
 /// (BAR 0 offset, length) of the config mirrors NVIDIA GPUs have had.
 const NVIDIA_MIRRORS: [(u64, u64); 3] = [(0x1800, 0x100), (0x8_8000, 0x1000), (0x9_2000, 0x1000)];

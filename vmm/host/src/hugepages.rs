@@ -1,5 +1,5 @@
 //! Huge pages for guest RAM: the sizes a guest can be backed with, and whether the host has
-//! enough of them free (/sys/kernel/mm/hugepages/hugepages-<kB>kB/free_hugepages). A VM
+//! enough of them free (/sys/kernel/mm/hugepages/hugepages-`<kB>`kB/free_hugepages). A VM
 //! backed by huge pages reserves them all when its RAM is mapped, so a shortfall is found
 //! before the guest runs, never as a fault later.
 
