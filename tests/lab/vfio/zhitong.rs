@@ -1,12 +1,14 @@
 //! What only zhitong promises in the VFIO lab, beside the scenarios both VMMs run: a signal
 //! releases the devices, `--user` runs the guest unprivileged, the boot timeline has
-//! devices_ready, peer-to-peer DMA mappings follow BAR moves, the standard VGA's ROM.
+//! devices_ready, peer-to-peer DMA mappings follow BAR moves, the standard VGA's ROM, a
+//! bus reset at open for functions without a reset of their own.
 //! `zhitong_vfio_suite!(FLAVOUR)` makes the whole suite (both labs) one test binary's tests
 //! on that L1 kernel and VFIO backend.
 
 use std::time::Duration;
 
 use super::*;
+use crate::guest::Guest;
 use crate::Lab;
 
 /// The device held by a running driver, SIGTERM, then the device again; P2P with BAR moves
@@ -57,6 +59,35 @@ pub fn more_msi(lab: Lab, flavour: Flavour) -> Lab {
         passthrough(Vmm::Zhitong, "gpu-user", &[GPU.bdf], gpu_guest(&GPU))
             .args(["--user", "1000:1000"])
             .probe_when(VCPU_RUNS, USER_PROBE),
+    )
+    .device(&format!(
+        "pcie-root-port,id=zt-rp,chassis=9,addr=0x{TESTDEV_PORT:x}"
+    ))
+    .device("pci-testdev,bus=zt-rp,addr=0.0,multifunction=on")
+    .device("pci-testdev,bus=zt-rp,addr=0.1")
+    .bind(TESTDEV[0])
+    .bind(TESTDEV[1])
+    .case(
+        passthrough(Vmm::Zhitong, "testdev-bus-reset", &TESTDEV, testdev_guest())
+            .env("ZHITONG_LOG", "info"),
+    )
+}
+
+/// Two functions of one device below a PCIe root port, neither with a reset of its own
+/// (QEMU's pci-testdev has no capabilities: no FLR, no PM): only their bus resets them.
+pub const TESTDEV: [&str; 2] = ["0000:01:00.0", "0000:01:00.1"];
+/// The root port's slot on L0's root bus (its secondary bus is L1's bus 01).
+const TESTDEV_PORT: u8 = 0x0a;
+
+/// L2 counts the test devices and reads each one's IDs from its config space.
+fn testdev_guest() -> Guest {
+    guest(
+        &[],
+        &[r#"n=0; for d in /sys/bus/pci/devices/*; do
+  [ "$(cat $d/vendor):$(cat $d/device)" = "0x1b36:0x0005" ] || continue
+  n=$((n+1)); echo "L2: testdev_ids_$n=$(od -An -tx4 -N4 $d/config | tr -d ' ')"
+done; echo "L2: testdevs=$n""#
+            .to_string()],
     )
 }
 
@@ -163,6 +194,40 @@ pub fn vga_expansion_rom_reads_and_bochs_drm_draws(msi: &VfioRun) {
     assert_display(run, "vga", VGA_DRM);
 }
 
+/// A multi-function device whose functions have no reset: zhitong resets their bus once
+/// at open (both functions are its), and L2 finds both working.
+pub fn functions_without_reset_get_a_bus_reset_at_open(msi: &VfioRun) {
+    let c = msi.case("testdev-bus-reset");
+    assert_bound(&msi.run, &TESTDEV);
+    c.check(c.has_marker("done"), "L2 did not finish");
+    c.check(
+        c.marker("testdevs") == Some("2"),
+        &format!("L2 sees {:?} test devices, want 2", c.marker("testdevs")),
+    );
+    for n in ["1", "2"] {
+        let ids = c.marker(&format!("testdev_ids_{n}"));
+        c.check(
+            ids == Some("00051b36"),
+            &format!("test device {n}'s IDs read {ids:?} in L2, want 00051b36"),
+        );
+    }
+    let resets: Vec<&String> = c
+        .stderr
+        .iter()
+        .filter(|l| l.contains("reset its slot/bus (VFIO hot reset) at open"))
+        .collect();
+    let want = format!("{}: no function reset", TESTDEV[0]);
+    let both = format!("{}, {} with it", TESTDEV[0], TESTDEV[1]);
+    c.check(
+        resets.len() == 1 && resets[0].contains(&want) && resets[0].contains(&both),
+        &format!(
+            "want one hot reset of {TESTDEV:?} from {}, got {resets:?}",
+            TESTDEV[0]
+        ),
+    );
+    eprintln!("testdev-bus-reset: {resets:?}");
+}
+
 /// Every VFIO lab test with zhitong as the L1 VMM, on `$flavour` (a `vfio::Flavour`);
 /// `$more` adds cases to the MSI lab.
 #[macro_export]
@@ -197,6 +262,11 @@ macro_rules! zhitong_vfio_suite {
         #[test]
         fn p2p_dma_mappings_follow_the_guests_bar_moves() {
             $crate::vfio::zhitong::p2p_dma_mappings_follow_the_guests_bar_moves(msi());
+        }
+
+        #[test]
+        fn functions_without_reset_get_a_bus_reset_at_open() {
+            $crate::vfio::zhitong::functions_without_reset_get_a_bus_reset_at_open(msi());
         }
 
         #[test]

@@ -114,6 +114,19 @@ impl Sysfs {
         )
     }
 
+    /// The bridge the device sits below (its sysfs directory's parent is a PCI device);
+    /// None on a root bus.
+    pub fn upstream_bridge(&self, bdf: &Bdf) -> Option<Bdf> {
+        let dir = fs::canonicalize(self.device_dir(bdf)).ok()?;
+        dir.parent()?.file_name()?.to_str()?.parse().ok()
+    }
+
+    /// The other devices on the device's bus (what a bus reset also reaches), sorted.
+    pub fn bus_peers(&self, bdf: &Bdf) -> Vec<Bdf> {
+        let on_bus = |d: &Bdf| (d.domain, d.bus) == (bdf.domain, bdf.bus) && d != bdf;
+        self.devices().into_iter().filter(on_bus).collect()
+    }
+
     /// Whether the device is an endpoint (header type 0), from the first bytes of its
     /// config space; unknown counts as an endpoint (the stricter answer).
     pub fn is_endpoint(&self, bdf: &Bdf) -> bool {

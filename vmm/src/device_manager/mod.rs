@@ -6,6 +6,7 @@
 //! Ownership: the manager owns every device; the buses only hold weak references, so no
 //! device keeps another alive through a bus and nothing leaks when the manager goes.
 
+mod hot_reset;
 mod iommu_domain;
 mod passthrough;
 mod pci;

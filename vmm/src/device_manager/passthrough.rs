@@ -11,6 +11,7 @@ use kvm_ioctls::VmFd;
 use vfio_bindings::bindings::vfio::VFIO_PCI_CONFIG_REGION_INDEX;
 use vm_memory::GuestMemoryMmap;
 
+use super::hot_reset;
 use super::iommu_domain::IommuDomain;
 use super::pci::place;
 use crate::config::DeviceConfig;
@@ -61,14 +62,20 @@ pub fn attach(
     ));
     let dma = attached.domain.dma_mapper();
     let bdfs: Vec<_> = devices.iter().map(|d| d.bdf).collect();
-    for ((dev, opts), guest) in devices.iter().zip(options).zip(place(&bdfs)) {
+    // All open before any reset: a slot/bus reset needs every device it reaches to be ours.
+    let opened = devices
+        .iter()
+        .map(|dev| attached.domain.open_device(dev))
+        .collect::<Result<Vec<_>>>()?;
+    let pairs: Vec<_> = devices.iter().zip(&opened).collect();
+    hot_reset::reset_where_needed(&pairs);
+    let each = devices.iter().zip(opened).zip(options).zip(place(&bdfs));
+    for (((dev, vfio), opts), guest) in each {
         let host_bdf = dev.bdf;
         let failed = |source: PassthroughError| Error::Vfio {
             what: host_bdf.to_string(),
             source,
         };
-        let vfio = attached.domain.open_device(dev)?;
-        log_reset_method(dev);
         let mut pin = [0u8];
         vfio.region_read(VFIO_PCI_CONFIG_REGION_INDEX, &mut pin, INTERRUPT_PIN);
         let intx_gsi = (1..=4)
@@ -117,20 +124,6 @@ pub fn attach(
         attached.dma_map_time.as_secs_f64() * 1000.0
     );
     Ok(attached)
-}
-
-/// Which reset VFIO has for the device (at open and release): the kernel's reset_method.
-fn log_reset_method(dev: &CheckedDevice) {
-    match std::fs::read_to_string(dev.sysfs_dir.join("reset_method")) {
-        Ok(m) if !m.trim().is_empty() => {
-            log::info!("{}: reset at open and release ({})", dev.bdf, m.trim())
-        }
-        Ok(_) => log::info!(
-            "{}: no reset method: it keeps what the previous user left ('zhitong check' says more)",
-            dev.bdf
-        ),
-        Err(e) => log::debug!("{}: reset_method: {e}", dev.bdf),
-    }
 }
 
 /// "0xc0000000+0x4000, 0x1000000000+0x40000" ("none" when empty).

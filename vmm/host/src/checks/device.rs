@@ -278,8 +278,11 @@ pub fn bars(
 
 /// How the device can be reset between VMs: the kernel's `reset_method` (5.15+: "flr pm
 /// bus", empty when there is none), else whether it has a `reset` attribute at all. A
-/// device with none starts the next VM as this one left it (firmware state, a hung
-/// engine): worth a warning, not a refusal (many such devices still work).
+/// device with none of its own can still be reset with its bus when it sits below a bridge
+/// and every device on that bus is in its IOMMU group (zhitong asks VFIO for that reset at
+/// open; the kernel does it when the last user closes). A device with no reset at all
+/// starts the next VM as this one left it (firmware state, a hung engine): worth a
+/// warning, not a refusal (many such devices still work).
 pub fn reset(sys: &Sysfs, bdf: Bdf) -> Finding {
     let methods = sys.attr(&bdf, "reset_method");
     let has_reset = sys.device_dir(&bdf).join("reset").exists();
@@ -288,11 +291,38 @@ pub fn reset(sys: &Sysfs, bdf: Bdf) -> Finding {
             Finding::ok("reset", format!("{bdf} can be reset between VMs ({m})"))
         }
         None if has_reset => Finding::ok("reset", format!("{bdf} can be reset between VMs")),
-        _ => Finding::warn(
-            "reset",
-            format!("{bdf} has no reset method (no FLR, PM or bus reset): the next VM meets it as this one left it"),
-            "prefer a device with FLR for VMs that follow each other; if it misbehaves in the next VM, reset it on the host (remove it and rescan the bus: echo 1 > /sys/bus/pci/devices/BDF/remove; echo 1 > /sys/bus/pci/rescan) or reboot",
-        ),
+        _ => bus_reset(sys, bdf),
     }
     .on(bdf)
+}
+
+/// A device without a reset of its own: its bus's reset, if that is the VM's to make.
+fn bus_reset(sys: &Sysfs, bdf: Bdf) -> Finding {
+    let none = |why: String| {
+        Finding::warn(
+            "reset",
+            format!("{bdf} has no reset method (no FLR, PM or bus reset){why}: the next VM meets it as this one left it"),
+            "prefer a device with FLR for VMs that follow each other; if it misbehaves in the next VM, reset it on the host (remove it and rescan the bus: echo 1 > /sys/bus/pci/devices/BDF/remove; echo 1 > /sys/bus/pci/rescan) or reboot",
+        )
+    };
+    let Some(bridge) = sys.upstream_bridge(&bdf) else {
+        return none(String::new());
+    };
+    let group = sys.iommu_group(&bdf);
+    let outside: Vec<String> = sys
+        .bus_peers(&bdf)
+        .into_iter()
+        .filter(|peer| group.is_none() || sys.iommu_group(peer) != group)
+        .map(|peer| peer.to_string())
+        .collect();
+    if outside.is_empty() {
+        return Finding::ok(
+            "reset",
+            format!("{bdf} has no reset of its own; its bus (below {bridge}) is reset at open and release, every device on it being in its IOMMU group"),
+        );
+    }
+    none(format!(
+        ", and its bus (below {bridge}) also holds {}, outside its IOMMU group",
+        outside.join(", ")
+    ))
 }

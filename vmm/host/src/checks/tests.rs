@@ -106,6 +106,37 @@ fn ready_host_with_a_bound_gpu() {
     assert!(!ready(&findings));
 }
 
+/// A function without a reset of its own below a bridge: reset with its bus when every
+/// device on that bus is in its group; a warning naming the one that is not.
+#[test]
+fn a_function_without_reset_is_reset_with_its_bus_when_the_bus_is_its_groups() {
+    let fake = gpu_host("bus-reset");
+    for f in ["0000:01:00.0", "0000:01:00.1"] {
+        fake.below_bridge(f, "0000:00:01.0");
+    }
+    let host = fake.host();
+    let audio = bdf("01:00.1");
+    assert_eq!(host.sysfs.upstream_bridge(&audio), Some(bdf("00:01.0")));
+    assert_eq!(host.sysfs.upstream_bridge(&bdf("00:01.0")), None);
+    let finding = reset(&host.sysfs, audio);
+    assert_eq!(finding.status, Status::Ok, "{finding:?}");
+    assert!(finding
+        .message
+        .contains("its bus (below 0000:00:01.0) is reset"));
+
+    fake.device("0000:01:00.2", Some("xhci_hcd"), Some(13), 0);
+    fake.below_bridge("0000:01:00.2", "0000:00:01.0");
+    let finding = reset(&host.sysfs, audio);
+    assert_eq!(finding.status, Status::Warn, "{finding:?}");
+    assert!(
+        finding
+            .message
+            .contains("also holds 0000:01:00.2, outside its IOMMU group"),
+        "{}",
+        finding.message
+    );
+}
+
 #[test]
 fn kvm_missing_or_not_kvm() {
     let fake = FakeSysfs::new("kvm");

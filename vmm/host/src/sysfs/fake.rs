@@ -79,6 +79,20 @@ impl FakeSysfs {
         fs::create_dir_all(self.dir.join("sys/module").join(name).join("parameters")).unwrap();
     }
 
+    /// Move the device's directory below `bridge`'s, as sysfs nests devices on a bridge's
+    /// secondary bus (sys/devices/pci0000:00/BRIDGE/BDF, linked from bus/pci/devices).
+    pub fn below_bridge(&self, bdf: &str, bridge: &str) {
+        let link = self.dir.join("sys/bus/pci/devices").join(bdf);
+        let nested = self
+            .dir
+            .join("sys/devices/pci0000:00")
+            .join(bridge)
+            .join(bdf);
+        fs::create_dir_all(nested.parent().unwrap()).unwrap();
+        fs::rename(&link, &nested).unwrap();
+        symlink(&nested, &link).unwrap();
+    }
+
     /// Add a device with an optional driver, in `group`, with the given header type. A
     /// device on vfio-pci gets its /dev/vfio node; another driver becomes its native one.
     pub fn device(&self, bdf: &str, driver: Option<&str>, group: Option<u32>, header: u8) {
