@@ -1,8 +1,10 @@
 //! Faults a test build can inject (cargo feature `test-faults`), to prove the failure paths
 //! end the VM cleanly: `ZHITONG_TEST_FAULT=KIND:N` makes vCPU 0 misbehave at its Nth exit.
 //! Kinds: `vcpu-panic` (the thread panics), `vcpu-syscall` (it makes a syscall its seccomp
-//! filter forbids); and `fail-after-devices:0`, where the VM fails to start right after its
-//! devices are attached (as when a vCPU cannot be created). Without the feature every hook
+//! filter forbids); `fail-after-devices:0`, where the VM fails to start right after its
+//! devices are attached (as when a vCPU cannot be created); `dma-map-delay:MS`, where guest
+//! RAM's DMA mapping starts MS milliseconds late (the guest reaches its devices while it
+//! runs); and `dma-map-fail:0`, where that mapping fails. Without the feature every hook
 //! is a no-op the compiler removes.
 
 /// Environment variable naming the fault.
@@ -13,6 +15,8 @@ pub enum Fault {
     VcpuPanic { at_exit: u64 },
     VcpuSyscall { at_exit: u64 },
     FailAfterDevices,
+    DmaMapDelay { ms: u64 },
+    DmaMapFail,
 }
 
 impl Fault {
@@ -24,6 +28,8 @@ impl Fault {
             "vcpu-panic" => Some(Fault::VcpuPanic { at_exit }),
             "vcpu-syscall" => Some(Fault::VcpuSyscall { at_exit }),
             "fail-after-devices" => Some(Fault::FailAfterDevices),
+            "dma-map-delay" => Some(Fault::DmaMapDelay { ms: at_exit }),
+            "dma-map-fail" => Some(Fault::DmaMapFail),
             _ => None,
         }
     }
@@ -72,6 +78,25 @@ pub fn fail_after_devices() -> bool {
     false
 }
 
+/// Called by the DMA-mapping thread before it maps: waits, or says the mapping must fail.
+#[cfg(feature = "test-faults")]
+pub fn before_dma_map() -> Result<(), std::io::Error> {
+    match configured() {
+        Some(Fault::DmaMapDelay { ms }) => {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            Ok(())
+        }
+        Some(Fault::DmaMapFail) => Err(std::io::Error::other("injected fault: dma-map-fail")),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(not(feature = "test-faults"))]
+#[inline(always)]
+pub fn before_dma_map() -> Result<(), std::io::Error> {
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,6 +115,11 @@ mod tests {
             Fault::parse("fail-after-devices:0"),
             Some(Fault::FailAfterDevices)
         );
+        assert_eq!(
+            Fault::parse("dma-map-delay:3000"),
+            Some(Fault::DmaMapDelay { ms: 3000 })
+        );
+        assert_eq!(Fault::parse("dma-map-fail:0"), Some(Fault::DmaMapFail));
         for bad in ["", "vcpu-panic", "vcpu-panic:x", "other:1"] {
             assert_eq!(Fault::parse(bad), None, "{bad}");
         }

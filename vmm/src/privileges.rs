@@ -1,6 +1,8 @@
-//! `security.user`: after /dev/kvm, the VFIO devices and the images are open and guest RAM is
-//! mapped for DMA, and before the guest runs, the process becomes an unprivileged user: no
-//! supplementary groups, that gid and uid, no new privileges, no capabilities.
+//! `security.user`: after /dev/kvm, the VFIO devices and the images are open, and before the
+//! guest runs, the process becomes an unprivileged user: no supplementary groups, that gid
+//! and uid, no new privileges, no capabilities. Guest RAM's DMA mapping goes on beside the
+//! boot as that user, without CAP_IPC_LOCK: the locked-memory limit is raised first by what
+//! that mapping pins (the IOMMU drivers account pinned pages against RLIMIT_MEMLOCK).
 //!
 //! The kernel keeps credentials per thread; glibc's setgroups/setgid/setuid apply them to
 //! every thread of the process (from a signal handler on each), which is why every seccomp
@@ -10,13 +12,32 @@ use crate::config::security::User;
 use crate::error::{Error, Result};
 
 /// Drop to `user`, then check from /proc/self/status that it took: the uid and gid in every
-/// slot, and no capability left.
-pub fn drop_to(user: User) -> Result<()> {
+/// slot, and no capability left. `pinned_bytes` (guest RAM, when devices DMA into it) is
+/// added to the locked-memory limit before the drop.
+pub fn drop_to(user: User, pinned_bytes: u64) -> Result<()> {
     let failed = |step| Error::DropUser {
         user,
         step,
         source: std::io::Error::last_os_error(),
     };
+    if pinned_bytes > 0 {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit read and write the one struct passed.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) != 0 {
+                return Err(failed("getrlimit(RLIMIT_MEMLOCK)"));
+            }
+            let wanted = limit.rlim_cur.saturating_add(pinned_bytes);
+            limit.rlim_cur = wanted;
+            limit.rlim_max = limit.rlim_max.max(wanted);
+            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) != 0 {
+                return Err(failed("setrlimit(RLIMIT_MEMLOCK)"));
+            }
+        }
+    }
     // SAFETY: these calls take integers (and a null, empty group list); none touches memory
     // of ours.
     unsafe {

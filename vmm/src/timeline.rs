@@ -10,20 +10,24 @@ pub enum Milestone {
     VmCreated,
     MemoryReady,
     KernelLoaded,
-    /// Passed-through devices opened and guest RAM DMA-mapped (only with --device).
+    /// Passed-through devices opened and placed (only with --device); guest RAM's DMA
+    /// mapping starts then, beside the boot.
     DevicesReady,
     FirstVcpuEntry,
+    /// Guest RAM DMA-mapped for the devices (only with --device): bus mastering may start.
+    DmaMapped,
     GuestMarker,
     Exit,
 }
 
 impl Milestone {
-    pub const ALL: [Milestone; 7] = [
+    pub const ALL: [Milestone; 8] = [
         Milestone::VmCreated,
         Milestone::MemoryReady,
         Milestone::KernelLoaded,
         Milestone::DevicesReady,
         Milestone::FirstVcpuEntry,
+        Milestone::DmaMapped,
         Milestone::GuestMarker,
         Milestone::Exit,
     ];
@@ -35,6 +39,7 @@ impl Milestone {
             Milestone::KernelLoaded => "kernel_loaded_ms",
             Milestone::DevicesReady => "devices_ready_ms",
             Milestone::FirstVcpuEntry => "first_vcpu_entry_ms",
+            Milestone::DmaMapped => "dma_mapped_ms",
             Milestone::GuestMarker => "guest_marker_ms",
             Milestone::Exit => "exit_ms",
         }
@@ -45,7 +50,7 @@ impl Milestone {
 #[derive(Debug)]
 pub struct Timeline {
     start: Instant,
-    marks: [OnceLock<Duration>; 7],
+    marks: [OnceLock<Duration>; 8],
 }
 
 impl Timeline {
@@ -122,7 +127,7 @@ mod tests {
             t.to_json(),
             "{\"vm_created_ms\":106.1,\"memory_ready_ms\":211.0,\"kernel_loaded_ms\":0.0,\
              \"devices_ready_ms\":null,\"first_vcpu_entry_ms\":1650.2,\
-             \"guest_marker_ms\":null,\"exit_ms\":10800000.0}"
+             \"dma_mapped_ms\":null,\"guest_marker_ms\":null,\"exit_ms\":10800000.0}"
         );
     }
 

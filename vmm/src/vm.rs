@@ -12,7 +12,7 @@ use arch::pci_windows::{guest_phys_bits, PciWindows};
 use crate::config::{host_ram_bytes, ConfigError, VmConfig};
 use crate::console::Console;
 use crate::control::{run_until_exit, ControlInputs};
-use crate::device_manager::{DeviceManager, SlotRange};
+use crate::device_manager::{DeviceManager, SlotRange, VmParts};
 use crate::error::{Error, Result};
 use crate::exit::{panic_message, ExitChannel, VmExit};
 use crate::handle::{VmHandle, VmShared, VmState};
@@ -210,7 +210,14 @@ fn run_vm(
         first_free: ram_slots,
         max: kvm.get_nr_memslots() as u32,
     };
-    devices.attach_passthrough(&vm, &mem, passthrough, &config.devices, backend, slots)?;
+    let parts = VmParts {
+        vm: &vm,
+        mem: &mem,
+        slots,
+        exit,
+        timeline,
+    };
+    devices.attach_passthrough(&parts, passthrough, &config.devices, backend)?;
     if devices.has_passthrough() {
         timeline.mark(Milestone::DevicesReady);
     }
@@ -221,7 +228,12 @@ fn run_vm(
     let control = ControlInputs::new(console.input, devices.platform(), config.boot_timeout)?;
     // Everything that needs root is open; the guest runs as the unprivileged user.
     if let Some(user) = config.security.user {
-        privileges::drop_to(user)?;
+        let pinned = if devices.has_passthrough() {
+            machine.memory_bytes
+        } else {
+            0
+        };
+        privileges::drop_to(user, pinned)?;
     }
 
     let vcpus = vcpu::create_all(&vm, &cpuid, machine.vcpus, &mem, entry)?;
@@ -244,5 +256,10 @@ fn run_vm(
     // vCPU to park gives up once the vCPUs stop.
     drop(running);
     shared.set_state(VmState::Stopping);
+    // A failed DMA mapping stopped the VM: the failure is the outcome, as when it was made
+    // before the start.
+    if let Some(e) = devices.take_dma_error() {
+        return Err(e);
+    }
     outcome
 }

@@ -27,6 +27,7 @@ use super::msi::Msi;
 use super::msix::{self, Msix};
 use super::quirks::{self, Quirks, Route, NVIDIA};
 use super::vectors::IrqCtx;
+use super::DmaGate;
 
 /// Borrow the pieces interrupt emulation needs, leaving the emulation state free to borrow
 /// mutably.
@@ -39,6 +40,8 @@ macro_rules! irq_ctx {
         }
     };
 }
+
+mod flr;
 
 /// A physical PCI function passed through to the guest with VFIO.
 pub struct VfioPciDevice {
@@ -68,6 +71,8 @@ pub struct VfioPciDevice {
     quirks: Quirks,
     direct: DirectBars,
     released: bool,
+    /// Bus mastering waits here for guest RAM's DMA mapping (when that runs beside the boot).
+    dma_gate: Option<Arc<DmaGate>>,
 }
 
 impl VfioPciDevice {
@@ -155,6 +160,7 @@ impl VfioPciDevice {
             quirks,
             direct,
             released: false,
+            dma_gate: None,
         };
         let ctx = irq_ctx!(dev);
         if let Some(intx) = dev.intx.as_mut() {
@@ -257,6 +263,11 @@ impl VfioPciDevice {
         Ok(())
     }
 
+    /// From now on the guest's enabling of bus mastering waits for `gate` to open.
+    pub fn set_dma_gate(&mut self, gate: Arc<DmaGate>) {
+        self.dma_gate = Some(gate);
+    }
+
     /// The guest ranges DMA-mapped for peer-to-peer now, (iova, size).
     pub fn p2p_ranges(&self) -> Vec<(u64, u64)> {
         self.direct.p2p_ranges()
@@ -318,53 +329,6 @@ impl VfioPciDevice {
                 }
             }
         }
-    }
-
-    /// Whether a config write sets Initiate Function Level Reset (PCIe Device Control bit
-    /// 15, byte 9 of the capability). VFIO performs the reset (and restores the host's view
-    /// of the device); the guest's view is ours to reset.
-    fn starts_flr(&self, offset: u16, data: &[u8]) -> bool {
-        let Some(cap) = self.pcie_cap else {
-            return false;
-        };
-        let flr_byte = cap + 9;
-        (offset..offset + data.len() as u16).contains(&flr_byte)
-            && data[usize::from(flr_byte - offset)] & 0x80 != 0
-    }
-
-    /// The guest reset the function: what a reset clears, cleared in the shadows too: BARs
-    /// unassigned, decoding and bus mastering off (on the device too: VFIO's restore turned
-    /// them back on), MSI and MSI-X off with fresh tables, INTx back.
-    fn after_guest_reset(&mut self) {
-        crate::limited!(
-            info,
-            "{}: the guest reset the device (FLR): BARs, command and MSI/MSI-X shadows reset",
-            self.name
-        );
-        let ctx = irq_ctx!(self);
-        if let Some(msix) = self.msix.as_mut() {
-            msix.teardown(&ctx);
-        }
-        if let Some(msi) = self.msi.as_mut() {
-            msi.teardown(&ctx);
-        }
-        let count = |i| self.backend.irq_info(i).map_or(0, |info| info.count);
-        let read = |offset: u16| self.device_read(offset);
-        let msi = self
-            .msi
-            .as_ref()
-            .map(|m| Msi::probe(m.cap_offset(), read, count(IrqIndex::Msi)));
-        let msix = self
-            .msix
-            .as_ref()
-            .map(|m| Msix::probe(m.cap_offset(), read, count(IrqIndex::Msix)));
-        self.msi = msi;
-        self.msix = msix;
-        self.shadows.reset();
-        self.command = 0;
-        self.backend
-            .region_write(CONFIG_REGION, u64::from(COMMAND), &0u16.to_le_bytes());
-        self.update_irq_mode();
     }
 
     /// Whether a trapped access to BAR `index` at `offset` fits the BAR.
@@ -492,6 +456,12 @@ impl PciDevice for VfioPciDevice {
                 }
             }
             _ => {
+                let mut bytes = [0u8; 4];
+                bytes[..data.len()].copy_from_slice(data);
+                let data = &mut bytes[..data.len()];
+                if let Some(gate) = &self.dma_gate {
+                    super::dma_gate::hold_bus_master(gate, &self.name, self.command, offset, data);
+                }
                 if dword == COMMAND && byte_mask(shift, data.len()) & 0xffff != 0 {
                     self.command =
                         merge_dword(u32::from(self.command), usize::from(shift), data) as u16;

@@ -16,7 +16,9 @@
 //!   through the emulated config space (`quirks.rs`);
 //! - peer-to-peer (on request): the mmapped BAR parts are DMA-mapped at their guest
 //!   addresses too (`bars.rs`), and an NVIDIA GPU may get the GPUDirect clique
-//!   capability (`gpudirect.rs`).
+//!   capability (`gpudirect.rs`);
+//! - bus mastering waits for guest RAM's DMA mapping when that runs beside the boot
+//!   (`dma_gate.rs`).
 //!
 //! Everything that touches VFIO goes through [`VfioBackend`], so the emulation is tested
 //! against an in-memory device (`mock.rs`).
@@ -26,6 +28,7 @@ mod bars;
 mod caps;
 mod config;
 mod device;
+mod dma_gate;
 mod error;
 mod ext_caps;
 mod gpudirect;
@@ -46,6 +49,7 @@ pub use backend::{
     ROM_REGION,
 };
 pub use device::VfioPciDevice;
+pub use dma_gate::DmaGate;
 pub use error::{BackendError, VfioPciError};
 pub use mapping::DeviceMapping;
 

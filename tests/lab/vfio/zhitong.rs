@@ -60,6 +60,20 @@ pub fn more_msi(lab: Lab, flavour: Flavour) -> Lab {
             .args(["--user", "1000:1000"])
             .probe_when(VCPU_RUNS, USER_PROBE),
     )
+    // Guest RAM's DMA mapping fails: the VM ends with that error and releases the NVMe,
+    // which the next case gets with its mapping 20 s late (the guest's nvme driver enables
+    // bus mastering meanwhile and waits).
+    .case(
+        passthrough(Vmm::Zhitong, "nvme-dma-fails", &[NVME.bdf], nvme_guest())
+            .env("ZHITONG_TEST_FAULT", "dma-map-fail:0")
+            .timings(false)
+            .timeout(Duration::from_secs(60)),
+    )
+    .case(
+        passthrough(Vmm::Zhitong, "nvme-dma-late", &[NVME.bdf], nvme_guest())
+            .env("ZHITONG_TEST_FAULT", "dma-map-delay:20000")
+            .env("ZHITONG_LOG", "info"),
+    )
     .device(&format!(
         "pcie-root-port,id=zt-rp,chassis=9,addr=0x{TESTDEV_PORT:x}"
     ))
@@ -194,6 +208,40 @@ pub fn vga_expansion_rom_reads_and_bochs_drm_draws(msi: &VfioRun) {
     assert_display(run, "vga", VGA_DRM);
 }
 
+/// Guest RAM is DMA-mapped beside the boot: the NVMe driver's bus-master enable waits for
+/// the (late) mapping, then DMA works both ways; a failed mapping ends the VM with its
+/// error (exit 1) and the device is released for the next VM.
+pub fn dma_mapping_beside_the_boot_gates_bus_mastering(msi: &VfioRun) {
+    let failed = msi.case("nvme-dma-fails");
+    failed.check(failed.rc == Some(1), "want exit status 1");
+    failed.check(
+        failed.stderr.len() == 1
+            && failed.stderr[0].contains("guest RAM DMA mapping")
+            && failed.stderr[0].contains("injected fault: dma-map-fail"),
+        "want one stderr line naming the failed guest RAM DMA mapping",
+    );
+    assert_nvme(msi, "nvme-dma-late");
+    let c = msi.case("nvme-dma-late");
+    let waited: Vec<&String> = c
+        .stderr
+        .iter()
+        .filter(|l| l.contains("bus mastering waited") && l.contains(NVME.bdf))
+        .collect();
+    c.check(
+        waited.len() == 1,
+        &format!(
+            "want one 'bus mastering waited' line for {}, got {waited:?}",
+            NVME.bdf
+        ),
+    );
+    let (entry, mapped) = (c.timing("first_vcpu_entry_ms"), c.timing("dma_mapped_ms"));
+    c.check(
+        entry.is_some() && mapped.is_some() && entry < mapped,
+        &format!("first_vcpu_entry_ms {entry:?}, dma_mapped_ms {mapped:?}: want the guest running before RAM is mapped"),
+    );
+    eprintln!("nvme-dma-late: {waited:?}; vCPU entry {entry:?} ms, RAM mapped {mapped:?} ms");
+}
+
 /// A multi-function device whose functions have no reset: zhitong resets their bus once
 /// at open (both functions are its), and L2 finds both working.
 pub fn functions_without_reset_get_a_bus_reset_at_open(msi: &VfioRun) {
@@ -262,6 +310,11 @@ macro_rules! zhitong_vfio_suite {
         #[test]
         fn p2p_dma_mappings_follow_the_guests_bar_moves() {
             $crate::vfio::zhitong::p2p_dma_mappings_follow_the_guests_bar_moves(msi());
+        }
+
+        #[test]
+        fn dma_mapping_beside_the_boot_gates_bus_mastering() {
+            $crate::vfio::zhitong::dma_mapping_beside_the_boot_gates_bus_mastering(msi());
         }
 
         #[test]

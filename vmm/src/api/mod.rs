@@ -405,7 +405,7 @@ mod tests {
             + &config_json
             + ",\"timeline\":{\"vm_created_ms\":null,\"memory_ready_ms\":null,\
                \"kernel_loaded_ms\":null,\"devices_ready_ms\":null,\"first_vcpu_entry_ms\":null,\
-               \"guest_marker_ms\":null,\"exit_ms\":null},\"devices\":[\"0000:01:00.0\"]}";
+               \"dma_mapped_ms\":null,\"guest_marker_ms\":null,\"exit_ms\":null},\"devices\":[\"0000:01:00.0\"]}";
         assert_eq!(r.body, want);
         // The config in GET /vm is the VmConfig JSON: it reads back.
         let back: VmConfig = serde_json::from_value(v["config"].clone()).unwrap();

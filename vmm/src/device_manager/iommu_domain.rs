@@ -2,11 +2,10 @@
 //! backend: the legacy type1 container (devices through their groups) or iommufd (an IOAS,
 //! devices through their VFIO cdev). Both sit behind vfio-ioctls' `VfioOps`; the KVM VFIO
 //! device learns of every group or cdev. Guest RAM is DMA-mapped at iova = guest physical
-//! and unmapped when the domain goes away.
+//! (beside the boot: ram_dma.rs) and unmapped when the domain goes away.
 
 use std::io;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use devices::services::{DmaMapper, ServiceError};
 use host::vfio_backend::VfioBackend;
@@ -14,9 +13,13 @@ use iommufd_ioctls::IommuFd;
 use kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
 use kvm_ioctls::VmFd;
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd, VfioError, VfioIommufd, VfioOps};
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
+use vm_memory::GuestMemoryMmap;
 
+use super::ram_dma::{MappedRanges, RamDma, RamDmaJob};
 use crate::error::{describe_vfio as describe, Error, PassthroughError, Result};
+use crate::exit::ExitChannel;
+use crate::sync::lock;
+use crate::timeline::Timeline;
 use host::checks::vfio_group_open_failed;
 use host::preflight::CheckedDevice;
 
@@ -27,7 +30,7 @@ pub struct IommuDomain {
     /// Guest RAM as mapped for DMA (kept so that its regions stay mapped in this process
     /// until they are unmapped on drop), and the (iova, size) ranges mapped so far.
     mapped_ram: Option<GuestMemoryMmap>,
-    ram_ranges: Vec<(u64, usize)>,
+    ram_ranges: MappedRanges,
 }
 
 impl IommuDomain {
@@ -69,12 +72,8 @@ impl IommuDomain {
             backend,
             ops,
             mapped_ram: None,
-            ram_ranges: Vec::new(),
+            ram_ranges: MappedRanges::default(),
         })
-    }
-
-    pub fn backend(&self) -> VfioBackend {
-        self.backend
     }
 
     /// Open a checked device at its sysfs directory into this address space: its group
@@ -97,28 +96,26 @@ impl IommuDomain {
         })
     }
 
-    /// Map all guest RAM for device DMA. Must follow the first `open_device` (a container
-    /// has no IOMMU before a group joins it). Returns how long the pinning took.
-    pub fn map_guest_ram(&mut self, mem: &GuestMemoryMmap) -> Result<Duration> {
-        let start = Instant::now();
+    /// Start mapping all guest RAM for device DMA on a thread of its own (see ram_dma.rs),
+    /// for `devices` devices. Must follow the first `open_device` (a container has no IOMMU
+    /// before a group joins it).
+    pub fn map_guest_ram(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        exit: &Arc<ExitChannel>,
+        timeline: &Arc<Timeline>,
+        devices: usize,
+    ) -> Result<RamDma> {
         self.mapped_ram = Some(mem.clone());
-        for region in mem.iter() {
-            let failed = |e| Error::Vfio {
-                what: "guest RAM DMA mapping".into(),
-                source: PassthroughError::DmaMap(e),
-            };
-            let host_addr = region
-                .get_host_address(MemoryRegionAddress(0))
-                .map_err(|_| failed(VfioError::GetHostAddress))?;
-            let iova = region.start_addr().0;
-            let size =
-                usize::try_from(region.len()).map_err(|_| failed(VfioError::GetHostAddress))?;
-            // SAFETY: `mapped_ram` keeps the region mapped in this process until `Drop`
-            // has unmapped it from the IOMMU.
-            unsafe { self.ops.vfio_dma_map(iova, size, host_addr) }.map_err(failed)?;
-            self.ram_ranges.push((iova, size));
-        }
-        Ok(start.elapsed())
+        RamDma::start(RamDmaJob {
+            ops: self.ops.clone(),
+            backend: self.backend,
+            mem: mem.clone(),
+            mapped: self.ram_ranges.clone(),
+            exit: exit.clone(),
+            timeline: timeline.clone(),
+            devices,
+        })
     }
 
     /// The address space's mappings for devices' BARs (peer-to-peer).
@@ -170,7 +167,8 @@ impl Drop for IommuDomain {
     /// Unmap guest RAM (what of it was mapped) from the IOMMU; the devices release their
     /// own state before this.
     fn drop(&mut self) {
-        for (iova, size) in self.ram_ranges.drain(..) {
+        let ranges = std::mem::take(&mut *lock(&self.ram_ranges));
+        for (iova, size) in ranges {
             if let Err(e) = self.ops.vfio_dma_unmap(iova, size) {
                 log::warn!(
                     "unmapping guest RAM at {iova:#x} from the IOMMU: {}",

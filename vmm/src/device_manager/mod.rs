@@ -11,6 +11,7 @@ mod iommu_domain;
 mod passthrough;
 mod pci;
 mod platform;
+mod ram_dma;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -20,9 +21,8 @@ use devices::Bus;
 
 use crate::config::DeviceConfig;
 use kvm_ioctls::VmFd;
-use vm_memory::GuestMemoryMmap;
 
-pub use passthrough::SlotRange;
+pub use passthrough::{SlotRange, VmParts};
 pub use platform::PlatformDevices;
 
 use host::preflight::CheckedDevice;
@@ -75,23 +75,26 @@ impl DeviceManager {
     }
 
     /// Pass `devices` through `backend` (nothing to do when empty) with their `options` (the
-    /// same order): open them, place them on the PCI root and DMA-map `mem`. On an error, what
-    /// was opened is released again.
+    /// same order): open them, place them on the PCI root and start DMA-mapping guest RAM
+    /// beside the boot (its end marked on the timeline, a failure ending the VM through the
+    /// exit channel). On an error, what was opened is released again.
     pub fn attach_passthrough(
         &mut self,
-        vm: &Arc<VmFd>,
-        mem: &GuestMemoryMmap,
+        vm: &VmParts,
         devices: &[CheckedDevice],
         options: &[DeviceConfig],
         backend: VfioBackend,
-        slots: SlotRange,
     ) -> Result<()> {
         if !devices.is_empty() {
-            let root = &self.pci.root;
-            let attached = passthrough::attach(vm, mem, root, devices, options, backend, slots)?;
+            let attached = passthrough::attach(vm, &self.pci.root, devices, options, backend)?;
             self.passthrough = Some(attached);
         }
         Ok(())
+    }
+
+    /// Why guest RAM's DMA mapping failed (the VM was stopped for it), once it has.
+    pub fn take_dma_error(&self) -> Option<crate::error::Error> {
+        self.passthrough.as_ref()?.take_dma_error()
     }
 
     pub fn has_passthrough(&self) -> bool {

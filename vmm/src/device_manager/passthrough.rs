@@ -3,7 +3,6 @@
 //! when this is dropped, whatever the path.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use devices::pci::root::PciRoot;
 use devices::vfio::VfioPciDevice;
@@ -14,45 +13,67 @@ use vm_memory::GuestMemoryMmap;
 use super::hot_reset;
 use super::iommu_domain::IommuDomain;
 use super::pci::place;
+use super::ram_dma::RamDma;
 use crate::config::DeviceConfig;
 use crate::error::{Error, PassthroughError, Result};
+use crate::exit::ExitChannel;
 use crate::interrupts::KvmInterruptRouter;
 use crate::slots::KvmMemoryMapper;
+use crate::sync::lock;
+use crate::timeline::Timeline;
 use host::preflight::CheckedDevice;
 use host::vfio_backend::VfioBackend;
 
 const INTERRUPT_PIN: u64 = 0x3d;
 
 /// KVM memory slots to hand out for device memory.
+#[derive(Clone, Copy)]
 pub struct SlotRange {
     pub first_free: u32,
     pub max: u32,
+}
+
+/// What of the VM passthrough works with: the VM, its RAM, the memory slots left for BARs,
+/// and where the background DMA mapping reports (its end, a failure).
+pub struct VmParts<'a> {
+    pub vm: &'a Arc<VmFd>,
+    pub mem: &'a GuestMemoryMmap,
+    pub slots: SlotRange,
+    pub exit: &'a Arc<ExitChannel>,
+    pub timeline: &'a Arc<Timeline>,
 }
 
 /// Everything the VM holds for passthrough. Dropping it releases each device (the PCI root
 /// still holds them until it goes) and then unmaps guest RAM from the IOMMU.
 pub struct PassedThrough {
     devices: Vec<Arc<Mutex<VfioPciDevice>>>,
+    /// Guest RAM's DMA mapping, under way beside the boot once `attach` returns.
+    ram: Option<RamDma>,
     domain: IommuDomain,
-    pub dma_map_time: Duration,
 }
 
-/// Open every device through `backend`, set it up as `options` (in the same order) say, put it on `root` at
-/// its guest address, and DMA-map guest RAM. On an error half-way, what was opened is
-/// released before the error is returned.
+/// Open every device through `backend`, set it up as `options` (in the same order) say, put
+/// it on `root` at its guest address, and start DMA-mapping guest RAM beside the boot
+/// (reporting to `exit` and `timeline`). On an error half-way, what was opened is released
+/// before the error is returned.
 pub fn attach(
-    vm: &Arc<VmFd>,
-    mem: &GuestMemoryMmap,
+    vm: &VmParts,
     root: &PciRoot,
     devices: &[CheckedDevice],
     options: &[DeviceConfig],
     backend: VfioBackend,
-    slots: SlotRange,
 ) -> Result<PassedThrough> {
+    let VmParts {
+        vm,
+        mem,
+        slots,
+        exit,
+        timeline,
+    } = *vm;
     let mut attached = PassedThrough {
         devices: Vec::new(),
+        ram: None,
         domain: IommuDomain::new(vm, backend)?,
-        dma_map_time: Duration::ZERO,
     };
     let router = Arc::new(KvmInterruptRouter::new(vm.clone()));
     let mapper = Arc::new(KvmMemoryMapper::new(
@@ -116,13 +137,13 @@ pub fn attach(
             );
         }
     }
-    attached.dma_map_time = attached.domain.map_guest_ram(mem)?;
-    log::info!(
-        "guest RAM DMA-mapped ({} backend) for {} device(s) in {:.1} ms",
-        attached.domain.backend(),
-        attached.devices.len(),
-        attached.dma_map_time.as_secs_f64() * 1000.0
-    );
+    let ram = attached
+        .domain
+        .map_guest_ram(mem, exit, timeline, attached.devices.len())?;
+    for device in &attached.devices {
+        lock(device).set_dma_gate(ram.gate());
+    }
+    attached.ram = Some(ram);
     Ok(attached)
 }
 
@@ -138,10 +159,21 @@ fn describe_ranges(ranges: &[(u64, u64)]) -> String {
     list.join(", ")
 }
 
+impl PassedThrough {
+    /// Why guest RAM's DMA mapping failed, once it has.
+    pub fn take_dma_error(&self) -> Option<Error> {
+        self.ram.as_ref()?.take_error()
+    }
+}
+
 impl Drop for PassedThrough {
     /// Quiesce and reset every device (interrupts off, BAR slots unmapped) while guest RAM
     /// is still DMA-mapped; the domain then unmaps it (its own Drop, after this).
     fn drop(&mut self) {
+        // A vCPU may wait for the mapping at a device's gate: settle it before locking them.
+        if let Some(ram) = self.ram.as_mut() {
+            ram.finish();
+        }
         for device in self.devices.drain(..) {
             device.lock().unwrap_or_else(|e| e.into_inner()).release();
         }

@@ -77,15 +77,18 @@ pub enum ThreadKind {
     Signals,
     /// A thread that waits for a deadline and then requests an exit (run and shutdown timers).
     Timer,
+    /// The thread that DMA-maps guest RAM beside the boot.
+    DmaMap,
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 5] = [
+    pub const ALL: [ThreadKind; 6] = [
         ThreadKind::Vm,
         ThreadKind::Vcpu,
         ThreadKind::Api,
         ThreadKind::Signals,
         ThreadKind::Timer,
+        ThreadKind::DmaMap,
     ];
 }
 

@@ -131,6 +131,11 @@ const SIGNALS: &[i64] = &[libc::SYS_rt_sigtimedwait];
 /// Timers wait on a condition variable (futex) and request an exit (write): COMMON only.
 const TIMER: &[i64] = &[];
 
+/// Guest RAM into the IOMMU, a chunk at a time (the kernel pins the pages), then the log
+/// line and the exit request (write): the map ioctls only.
+const DMA_MAP: &[i64] = &[];
+const DMA_MAP_IOCTLS: &[u64] = &[VFIO_IOMMU_MAP_DMA, IOMMU_IOAS_MAP];
+
 /// The rules of `kind`'s filter.
 pub fn allowed(kind: ThreadKind) -> Result<Rules, BackendError> {
     let (plain, ioctls): (&[i64], &[u64]) = match kind {
@@ -139,6 +144,7 @@ pub fn allowed(kind: ThreadKind) -> Result<Rules, BackendError> {
         ThreadKind::Api => (API, &[FIONBIO]),
         ThreadKind::Signals => (SIGNALS, &[]),
         ThreadKind::Timer => (TIMER, &[]),
+        ThreadKind::DmaMap => (DMA_MAP, DMA_MAP_IOCTLS),
     };
     let mut rules: Rules = COMMON.iter().chain(plain).map(|&nr| (nr, vec![])).collect();
     rules.insert(libc::SYS_mmap, vec![not_executable(2)?]);

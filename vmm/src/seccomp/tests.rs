@@ -48,7 +48,10 @@ fn lists_are_sane() {
         let ioctl = rules.contains_key(&libc::SYS_ioctl);
         assert_eq!(
             ioctl,
-            matches!(kind, ThreadKind::Vm | ThreadKind::Vcpu | ThreadKind::Api),
+            matches!(
+                kind,
+                ThreadKind::Vm | ThreadKind::Vcpu | ThreadKind::Api | ThreadKind::DmaMap
+            ),
             "{kind:?}"
         );
     }

@@ -2,6 +2,7 @@
 
 mod bars;
 mod config;
+mod dma_gate;
 mod intx;
 mod msi;
 mod msix;
