@@ -9,6 +9,7 @@ use crate::guest::Guest;
 pub const ZHITONG: &str = "/bin/zhitong";
 pub const QEMU: &str = "/bin/qemu-system-x86_64";
 pub const QEMU_FIRMWARE: &str = "/qemu";
+pub const CLOUD_HYPERVISOR: &str = "/bin/cloud-hypervisor";
 pub const L2_VMLINUX: &str = "/l2/vmlinux";
 pub const L2_VMLINUZ: &str = "/l2/vmlinuz";
 pub const L2_INITRD: &str = "/l2/initrd.img";
@@ -24,6 +25,9 @@ pub enum Vmm {
     Zhitong,
     /// QEMU as the L1 VMM, for comparison
     Qemu,
+    /// Cloud Hypervisor as the L1 VMM (the benchmark's, when a binary is at hand:
+    /// `cloud_hypervisor_binary`)
+    CloudHypervisor,
 }
 
 #[derive(Clone, Debug)]
@@ -89,6 +93,15 @@ impl Case {
     pub fn qemu_l1(name: &str) -> Case {
         Case {
             vmm: Vmm::Qemu,
+            timings: false,
+            ..Case::new(name)
+        }
+    }
+
+    /// The same case run by Cloud Hypervisor in L1.
+    pub fn cloud_hypervisor_l1(name: &str) -> Case {
+        Case {
+            vmm: Vmm::CloudHypervisor,
             timings: false,
             ..Case::new(name)
         }
@@ -240,6 +253,17 @@ impl Case {
                     v.extend(["-initrd".into(), i]);
                 }
                 v.extend(["-append".into(), self.cmdline.clone()]);
+                v
+            }
+            Vmm::CloudHypervisor => {
+                let mut v = vec![CLOUD_HYPERVISOR.into(), "--kernel".into(), kernel];
+                if let Some(i) = initrd {
+                    v.extend(["--initramfs".into(), i]);
+                }
+                v.extend(["--cmdline".into(), self.cmdline.clone()]);
+                v.extend(["--cpus".into(), format!("boot={}", self.cpus)]);
+                v.extend(["--memory".into(), format!("size={}", self.memory)]);
+                v.extend(["--serial", "tty", "--console", "off"].map(String::from));
                 v
             }
         };

@@ -28,6 +28,9 @@ pub struct CaseResult {
     pub console: String,
     /// From the begin line to the rc line, as seen from L0
     pub elapsed: Option<Duration>,
+    /// From the case's start to the guest's first "L2: " marker line, as L0 saw them
+    /// (comparable between VMMs: both reach L0's console the same way)
+    pub to_first_marker: Option<Duration>,
     /// The whole L0 console, for failure messages
     pub full_console: Arc<String>,
 }
@@ -131,6 +134,7 @@ fn parse_case(console: &Arc<String>, lines: &[(Duration, String)], name: &str) -
         timings: None,
         console: String::new(),
         elapsed: None,
+        to_first_marker: None,
         full_console: console.clone(),
     };
     let mut began_at = Duration::ZERO;
@@ -153,6 +157,8 @@ fn parse_case(console: &Arc<String>, lines: &[(Duration, String)], name: &str) -
             r.stderr.push(line[at + STDERR.len()..].to_string());
         } else if let Some(at) = line.find("L2: ") {
             r.markers.push(line[at + 4..].trim_end().to_string());
+            r.to_first_marker
+                .get_or_insert(at_time.saturating_sub(began_at));
         } else if let Some(at) = line.find("L1: ") {
             r.l1_markers.push(line[at + 4..].trim_end().to_string());
         }
@@ -190,6 +196,8 @@ mod tests {
         );
         assert_eq!(r[0].rc, Some(0));
         assert_eq!(r[0].elapsed, Some(Duration::from_secs(6)));
+        assert_eq!(r[0].to_first_marker, Some(Duration::from_secs(2)));
+        assert_eq!(r[1].to_first_marker, None);
         assert_eq!(r[0].marker("cpus"), Some("2"));
         assert!(r[0].has_marker("done") && r[0].has_marker("init"));
         assert_eq!(r[0].timing("guest_marker_ms"), Some(300.0));

@@ -66,6 +66,15 @@ pub fn build(spec: &L1Spec, dir: &Path, out: &Path) -> Result<()> {
     if spec.cases.iter().any(|c| c.vmm() == Some(Vmm::Qemu)) {
         add_qemu(&mut img)?;
     }
+    if spec
+        .cases
+        .iter()
+        .any(|c| c.vmm() == Some(Vmm::CloudHypervisor))
+    {
+        let ch = cloud_hypervisor_binary()
+            .ok_or_else(|| crate::Error("no Cloud Hypervisor binary for its cases".into()))?;
+        img.binary(case::CLOUD_HYPERVISOR, ch)?;
+    }
 
     img.line("echo 'L1: init'");
     let mut modules: Vec<String> = L1_MODULES.iter().map(|s| s.to_string()).collect();
@@ -83,6 +92,15 @@ pub fn build(spec: &L1Spec, dir: &Path, out: &Path) -> Result<()> {
     img.line("sh /cases.sh");
     img.line("echo 'L1: cases done'").line("poweroff -f");
     img.write(out)
+}
+
+/// A Cloud Hypervisor binary for L1: $CLOUD_HYPERVISOR, else
+/// target/lab-cache/cloud-hypervisor (Debian packages none; see docs/performance.md).
+pub fn cloud_hypervisor_binary() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("CLOUD_HYPERVISOR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| crate::workspace_root().join("target/lab-cache/cloud-hypervisor"));
+    path.is_file().then_some(path)
 }
 
 fn add_qemu(img: &mut Initramfs) -> Result<()> {

@@ -36,12 +36,14 @@ pub struct Device {
 }
 
 impl Device {
-    fn spec(&self) -> String {
+    /// Its `-device` argument on L0.
+    pub fn spec(&self) -> String {
         let slot = &self.bdf[8..10];
         format!("{},id={},addr=0x{slot}", self.l0, self.id)
     }
 
-    fn find(&self) -> String {
+    /// L2's shell expression for its sysfs directory.
+    pub fn find(&self) -> String {
         format!("$(pci_dev {} {})", self.ids.0, self.ids.1)
     }
 }
@@ -123,6 +125,7 @@ pub fn passthrough(vmm: Vmm, name: &str, bdfs: &[&str], guest: Guest) -> Case {
     let case = match vmm {
         Vmm::Zhitong => Case::new(name),
         Vmm::Qemu => Case::qemu_l1(name),
+        Vmm::CloudHypervisor => Case::cloud_hypervisor_l1(name),
     };
     let mut args = Vec::new();
     for (i, bdf) in bdfs.iter().enumerate() {
@@ -133,6 +136,10 @@ pub fn passthrough(vmm: Vmm, name: &str, bdfs: &[&str], guest: Guest) -> Case {
                 format!("/sys/bus/pci/devices/{bdf}"),
             ]),
             Vmm::Qemu => args.extend(["-device".to_string(), format!("vfio-pci,host={bdf}")]),
+            Vmm::CloudHypervisor => args.extend([
+                "--device".to_string(),
+                format!("path=/sys/bus/pci/devices/{bdf}"),
+            ]),
         }
     }
     case.args(args).guest(guest)
@@ -445,6 +452,7 @@ fn vmm_name(vmm: Vmm) -> &'static str {
     match vmm {
         Vmm::Zhitong => "zhitong",
         Vmm::Qemu => "qemu",
+        Vmm::CloudHypervisor => "cloud-hypervisor",
     }
 }
 
