@@ -11,7 +11,9 @@
 //!
 //! The input's length picks the device's options: `len % 16` (the bytes after the last
 //! whole op) bit 0 turns peer-to-peer on (the BARs' direct parts DMA-mapped at their guest
-//! addresses), bit 1 adds the GPUDirect clique capability (clique `len % 16`).
+//! addresses), bit 1 adds the GPUDirect clique capability (clique `len % 16`), bit 2 puts
+//! the device behind a DMA gate that failed (guest RAM never got mapped), else bit 3 behind
+//! one that opened.
 //!
 //! Checked after every op: absent functions and refused accesses read all-ones, as do
 //! unclaimed bus ranges; BAR sizing reads back the size mask, and the BAR registers hold the
@@ -20,7 +22,8 @@
 //! slots never overlap; vector irqfds exist only while the guest has MSI or MSI-X on, INTx's
 //! only while it has neither, each on an allocated, routed GSI; the IOMMU holds exactly the
 //! peer-to-peer ranges the device says it mapped, inside decoding BARs while no unmap has
-//! failed; the clique capability reads the same whatever the guest writes. At the end,
+//! failed; the clique capability reads the same whatever the guest writes; behind a failed
+//! DMA gate, bus mastering is never on in the device. At the end,
 //! dropping the root releases every GSI, irqfd, slot and DMA mapping.
 
 #![no_main]
@@ -32,7 +35,7 @@ use arch::pci_windows::PciWindows;
 use devices::pci::root::{PciConfigIo, PciEcam, PciRoot, CONFIG_IO_LEN};
 use devices::pci::{Bar, BarKind, Bdf, ROM_BAR_INDEX};
 use devices::vfio::mock::{MockBackend, MockDma, MockMapper, MockRouter, MSIX_CAP, MSI_CAP};
-use devices::vfio::{IrqIndex, VfioPciDevice};
+use devices::vfio::{DmaGate, IrqIndex, VfioPciDevice};
 use devices::{Bus, WeakBusDevice};
 use libfuzzer_sys::fuzz_target;
 use zhitong_fuzz::{le, ops, Op, RECORD_LEN};
@@ -56,6 +59,8 @@ struct Machine {
     clique: Option<(u16, [u32; 2])>,
     /// The host bridge's vendor and device ID: read-only.
     bridge_id: u32,
+    /// The device's DMA gate failed: it must never get bus mastering.
+    bus_master_refused: bool,
 }
 
 impl Machine {
@@ -92,6 +97,16 @@ impl Machine {
         if options & 2 != 0 {
             dev.add_gpudirect_clique(options as u8 & 0xf).unwrap();
         }
+        let bus_master_refused = options & 4 != 0;
+        if options & 12 != 0 {
+            let gate = Arc::new(DmaGate::pending());
+            if bus_master_refused {
+                gate.fail();
+            } else {
+                gate.open();
+            }
+            dev.set_dma_gate(gate);
+        }
         let dev = Arc::new(Mutex::new(dev));
         root.add_device(Some(DEV.device), DEV.function, dev.clone())
             .unwrap();
@@ -115,6 +130,7 @@ impl Machine {
             unmap_failed: Default::default(),
             clique,
             bridge_id: u32::from_le_bytes(id),
+            bus_master_refused,
             pio,
             mmio,
             root,
@@ -222,6 +238,10 @@ impl Machine {
                     "DMA mapping {iova:#x}+{size:#x} outside every decoding BAR {bars:x?}"
                 );
             }
+        }
+        if self.bus_master_refused {
+            let command = self.backend.state().config_u32(4);
+            assert_eq!(command & 4, 0, "bus mastering on behind a failed DMA gate");
         }
         if let Some((at, cap)) = self.clique {
             let now = [self.config_u32(at), self.config_u32(at + 4)];
