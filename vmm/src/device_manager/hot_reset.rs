@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::mem::size_of;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::path::Path;
 use std::time::Instant;
 
@@ -137,8 +137,7 @@ pub fn plan(info: &HotResetInfo, our_groups: &[u32]) -> Plan {
 pub fn reset_where_needed(opened: &[(&CheckedDevice, &VfioDevice)]) {
     let mut done: Vec<Bdf> = Vec::new();
     for (dev, vfio) in opened {
-        let fd = vfio.as_raw_fd();
-        match has_function_reset(fd) {
+        match has_function_reset(*vfio) {
             Ok(true) => {
                 log_function_reset(dev);
                 continue;
@@ -151,7 +150,7 @@ pub fn reset_where_needed(opened: &[(&CheckedDevice, &VfioDevice)]) {
             }
         }
         let start = Instant::now();
-        let info = match query(fd) {
+        let info = match query(*vfio) {
             Ok(Some(info)) => Ok(info),
             // A function on a root bus: nothing above it to reset ('zhitong check' says so).
             Ok(None) => {
@@ -163,7 +162,7 @@ pub fn reset_where_needed(opened: &[(&CheckedDevice, &VfioDevice)]) {
             }
             Err(e) => Err(e),
         };
-        match info.and_then(|info| reset(fd, &info).map(|()| info)) {
+        match info.and_then(|info| reset(*vfio, &info).map(|()| info)) {
             Ok(info) => {
                 let reached: Vec<Bdf> = info.devices.iter().map(|d| d.bdf).collect();
                 log::info!(
@@ -192,13 +191,13 @@ fn log_function_reset(dev: &CheckedDevice) {
     }
 }
 
-fn has_function_reset(fd: RawFd) -> io::Result<bool> {
+fn has_function_reset(device: &VfioDevice) -> io::Result<bool> {
     let mut info = vfio_device_info {
         argsz: size_of::<vfio_device_info>() as u32,
         ..Default::default()
     };
     // SAFETY: the kernel writes at most argsz bytes into `info`, which outlives the call.
-    let ret = unsafe { ioctl_with_mut_ref(&Fd(fd), VFIO_DEVICE_GET_INFO(), &mut info) };
+    let ret = unsafe { ioctl_with_mut_ref(device, VFIO_DEVICE_GET_INFO(), &mut info) };
     if ret < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -207,7 +206,7 @@ fn has_function_reset(fd: RawFd) -> io::Result<bool> {
 
 /// Ask which devices a slot/bus reset would reach: once for the count, once for the list.
 /// None when the device has neither a slot nor a bus that can be reset.
-fn query(fd: RawFd) -> io::Result<Option<HotResetInfo>> {
+fn query(device: &VfioDevice) -> io::Result<Option<HotResetInfo>> {
     let mut count = 0;
     for _ in 0..2 {
         let mut buf = vec![0u32; (HEADER + count * DEPENDENT) / 4];
@@ -215,7 +214,7 @@ fn query(fd: RawFd) -> io::Result<Option<HotResetInfo>> {
         // SAFETY: argsz is the buffer's length: the kernel writes no further.
         let ret = unsafe {
             ioctl_with_mut_ptr(
-                &Fd(fd),
+                device,
                 VFIO_DEVICE_GET_PCI_HOT_RESET_INFO(),
                 buf.as_mut_ptr(),
             )
@@ -244,7 +243,7 @@ fn bad_answer(what: &str) -> io::Error {
     io::Error::other(format!("VFIO_DEVICE_GET_PCI_HOT_RESET_INFO gave {what}"))
 }
 
-fn reset(fd: RawFd, info: &HotResetInfo) -> io::Result<()> {
+fn reset(device: &VfioDevice, info: &HotResetInfo) -> io::Result<()> {
     let open = open_groups(Path::new("/proc/self/fd"));
     let fds: Vec<RawFd> = match plan(info, &open.keys().copied().collect::<Vec<_>>()) {
         Plan::Iommufd => Vec::new(),
@@ -261,7 +260,7 @@ fn reset(fd: RawFd, info: &HotResetInfo) -> io::Result<()> {
     buf[2] = fds.len() as i32;
     buf[HEADER / 4..].copy_from_slice(&fds);
     // SAFETY: the kernel reads argsz bytes (header and `count` fds) from `buf`.
-    let ret = unsafe { ioctl_with_ptr(&Fd(fd), VFIO_DEVICE_PCI_HOT_RESET(), buf.as_ptr()) };
+    let ret = unsafe { ioctl_with_ptr(device, VFIO_DEVICE_PCI_HOT_RESET(), buf.as_ptr()) };
     if ret < 0 {
         return Err(io::Error::other(format!(
             "VFIO_DEVICE_PCI_HOT_RESET: {}",
@@ -292,15 +291,6 @@ fn open_groups(fd_dir: &Path) -> HashMap<u32, RawFd> {
 fn list(bdfs: &[Bdf]) -> String {
     let names: Vec<String> = bdfs.iter().map(Bdf::to_string).collect();
     names.join(", ")
-}
-
-/// A borrowed fd for vmm-sys-util's ioctl helpers.
-struct Fd(RawFd);
-
-impl AsRawFd for Fd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0
-    }
 }
 
 #[cfg(test)]
