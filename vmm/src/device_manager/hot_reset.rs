@@ -137,7 +137,7 @@ pub fn plan(info: &HotResetInfo, our_groups: &[u32]) -> Plan {
 pub fn reset_where_needed(opened: &[(&CheckedDevice, &VfioDevice)]) {
     let mut done: Vec<Bdf> = Vec::new();
     for (dev, vfio) in opened {
-        match has_function_reset(*vfio) {
+        match has_function_reset(vfio) {
             Ok(true) => {
                 log_function_reset(dev);
                 continue;
@@ -150,7 +150,7 @@ pub fn reset_where_needed(opened: &[(&CheckedDevice, &VfioDevice)]) {
             }
         }
         let start = Instant::now();
-        let info = match query(*vfio) {
+        let info = match query(vfio) {
             Ok(Some(info)) => Ok(info),
             // A function on a root bus: nothing above it to reset ('zhitong check' says so).
             Ok(None) => {
@@ -162,7 +162,7 @@ pub fn reset_where_needed(opened: &[(&CheckedDevice, &VfioDevice)]) {
             }
             Err(e) => Err(e),
         };
-        match info.and_then(|info| reset(*vfio, &info).map(|()| info)) {
+        match info.and_then(|info| reset(vfio, &info).map(|()| info)) {
             Ok(info) => {
                 let reached: Vec<Bdf> = info.devices.iter().map(|d| d.bdf).collect();
                 log::info!(
