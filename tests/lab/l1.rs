@@ -136,14 +136,25 @@ fn cases_script(cases: &[Case]) -> String {
     let mut s = String::from("#!/bin/sh\n");
     for c in cases {
         let cmd = c.command().replace('\'', "'\\''");
+        // A case about to be killed first shows where each zhitong thread is (its state,
+        // wait channel and kernel stack): a guest spinning and a VMM thread blocked look
+        // alike from the console alone.
+        let t = c.timeout.as_secs().max(1);
         s.push_str(&format!(
             "echo 'L1: case {name} begin'\n\
-             timeout -s KILL {t} sh -c '{cmd}' </dev/null 2>/tmp/stderr\n\
+             timeout -s KILL {t} sh -c '{cmd}' </dev/null 2>/tmp/stderr &\n\
+             case_pid=$!\n\
+             (sleep {watch}; for p in $(pidof zhitong); do for k in /proc/$p/task/*; do \
+             echo \"L1: hung: $(cat $k/comm) state=$(cut -d' ' -f3 $k/stat) wchan=$(cat $k/wchan 2>/dev/null) stack=$(head -4 $k/stack 2>/dev/null | cut -d' ' -f2 | tr '\\n' ' ')\"; \
+             done; done) &\n\
+             watch_pid=$!\n\
+             wait $case_pid\n\
              rc=$?\n\
+             kill $watch_pid 2>/dev/null\n\
              sed 's/^/{prefix}/' /tmp/stderr\n\
              echo \"L1: case {name} rc=$rc\"\n",
             name = c.name,
-            t = c.timeout.as_secs().max(1),
+            watch = t.saturating_sub(3).max(1),
             prefix = crate::console::STDERR,
         ));
     }
