@@ -12,7 +12,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 CACHE="${ZHITONG_LAB_CACHE:-$ROOT/target/lab-cache}"
-PACKAGES=(qemu-system-x86 busybox-static cpio kmod xz-utils)
+PACKAGES=(qemu-system-x86 busybox-static cpio kmod xz-utils e2fsprogs)
 export DEBIAN_FRONTEND=noninteractive
 
 as_root() {

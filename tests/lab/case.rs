@@ -40,6 +40,14 @@ pub enum L2Kernel {
     Path(String),
 }
 
+/// A virtio-blk disk of a case: an image file in L1 (see `Case::disk`).
+#[derive(Clone, Debug)]
+struct Disk {
+    image: String,
+    readonly: bool,
+    serial: Option<String>,
+}
+
 #[derive(Clone, Debug)]
 pub struct Case {
     pub(crate) name: String,
@@ -55,6 +63,9 @@ pub struct Case {
     stop: Option<(String, String)>,
     probe: Option<(String, String)>,
     env: Vec<(String, String)>,
+    disks: Vec<Disk>,
+    before: Vec<String>,
+    after: Vec<String>,
     pub(crate) guest: Option<Guest>,
     pub(crate) timeout: Duration,
 }
@@ -84,6 +95,9 @@ impl Case {
             stop: None,
             probe: None,
             env: Vec::new(),
+            disks: Vec::new(),
+            before: Vec::new(),
+            after: Vec::new(),
             guest: None,
             timeout: Duration::from_secs(120),
         }
@@ -191,6 +205,45 @@ impl Case {
         self
     }
 
+    /// A virtio-blk disk (modern virtio-pci) backed by the file `image_in_l1` (raw), e.g. one
+    /// shipped with `Lab::disk_image`; the guest sees the disks as vda, vdb, ... in the order
+    /// they are added. `readonly` makes the device read-only (VIRTIO_BLK_F_RO); `serial` is
+    /// what the guest reads back with VIRTIO_BLK_T_GET_ID (/sys/block/vdX/serial). Rendered as
+    /// zhitong's `--disk path=IMG[,readonly=on][,serial=S]`, QEMU's `-drive ... -device
+    /// virtio-blk-pci,...` and Cloud Hypervisor's `--disk path=IMG[,readonly=on][,serial=S]`.
+    pub fn disk(mut self, image_in_l1: &str, readonly: bool, serial: Option<&str>) -> Case {
+        for s in [Some(image_in_l1), serial].into_iter().flatten() {
+            assert!(
+                !s.is_empty() && !s.contains([',', '=', ' ', '\'', '"']),
+                "disk paths and serials take no ',', '=', quotes or spaces: {s:?}"
+            );
+        }
+        assert!(
+            image_in_l1.starts_with('/'),
+            "L1 paths are absolute: {image_in_l1}"
+        );
+        self.disks.push(Disk {
+            image: image_in_l1.into(),
+            readonly,
+            serial: serial.map(Into::into),
+        });
+        self
+    }
+
+    /// A shell line L1 runs inside the case, before the VMM starts (e.g. copying an image).
+    pub fn before(mut self, line: &str) -> Case {
+        self.before.push(line.into());
+        self
+    }
+
+    /// A shell line L1 runs inside the case once the VMM has exited, e.g. one that inspects a
+    /// disk image and prints "L1: key=value" (the case's `l1_marker`s). The case's status
+    /// stays the VMM's.
+    pub fn after(mut self, line: &str) -> Case {
+        self.after.push(line.into());
+        self
+    }
+
     /// Killed (SIGKILL) in L1 after this long; default 120 s.
     pub fn timeout(mut self, t: Duration) -> Case {
         self.timeout = t;
@@ -212,7 +265,7 @@ impl Case {
     /// The shell command line L1 runs.
     pub fn command(&self) -> String {
         if let Some(raw) = &self.raw {
-            return raw.clone();
+            return self.bracketed(raw.clone());
         }
         let kernel = match &self.kernel {
             L2Kernel::Elf => L2_VMLINUX.to_string(),
@@ -231,6 +284,9 @@ impl Case {
                 v.extend(["--memory".into(), self.memory.clone()]);
                 if self.timings {
                     v.push("--timings".into());
+                }
+                for d in &self.disks {
+                    v.extend(["--disk".into(), d.key_values()]);
                 }
                 v
             }
@@ -253,6 +309,18 @@ impl Case {
                     v.extend(["-initrd".into(), i]);
                 }
                 v.extend(["-append".into(), self.cmdline.clone()]);
+                for (i, d) in self.disks.iter().enumerate() {
+                    let mut drive = format!("file={},if=none,id=d{i},format=raw", d.image);
+                    if d.readonly {
+                        drive.push_str(",readonly=on");
+                    }
+                    // Modern virtio only, as zhitong offers.
+                    let mut dev = format!("virtio-blk-pci,drive=d{i},disable-legacy=on");
+                    if let Some(s) = &d.serial {
+                        dev.push_str(&format!(",serial={s}"));
+                    }
+                    v.extend(["-drive".into(), drive, "-device".into(), dev]);
+                }
                 v
             }
             Vmm::CloudHypervisor => {
@@ -264,6 +332,9 @@ impl Case {
                 v.extend(["--cpus".into(), format!("boot={}", self.cpus)]);
                 v.extend(["--memory".into(), format!("size={}", self.memory)]);
                 v.extend(["--serial", "tty", "--console", "off"].map(String::from));
+                for d in &self.disks {
+                    v.extend(["--disk".into(), d.key_values()]);
+                }
                 v
             }
         };
@@ -274,11 +345,46 @@ impl Case {
             .map(|a| shell_quote(&a))
             .collect::<Vec<_>>()
             .join(" ");
-        match (&self.stop, &self.probe) {
+        let command = match (&self.stop, &self.probe) {
             (Some((signal, text)), _) => stop_script(&command, signal, text, &self.name),
             (None, Some((ready, script))) => probe_script(&command, ready, script),
             (None, None) => command,
+        };
+        self.bracketed(command)
+    }
+
+    /// `command` between the `before` and `after` lines, its exit status kept.
+    fn bracketed(&self, command: String) -> String {
+        if self.before.is_empty() && self.after.is_empty() {
+            return command;
         }
+        // The VMM's part in a subshell (the stop/probe scripts `exit`), its status kept.
+        let mut s = String::new();
+        for l in &self.before {
+            s.push_str(l);
+            s.push('\n');
+        }
+        s.push_str(&format!("(\n{command}\n)\nrc=$?\n"));
+        for l in &self.after {
+            s.push_str(l);
+            s.push('\n');
+        }
+        s.push_str("exit $rc");
+        s
+    }
+}
+
+impl Disk {
+    /// zhitong's (and Cloud Hypervisor's) `path=IMG[,readonly=on][,serial=S]`.
+    fn key_values(&self) -> String {
+        let mut kv = format!("path={}", self.image);
+        if self.readonly {
+            kv.push_str(",readonly=on");
+        }
+        if let Some(s) = &self.serial {
+            kv.push_str(&format!(",serial={s}"));
+        }
+        kv
     }
 }
 
@@ -396,6 +502,78 @@ mod tests {
         );
         assert!(script.contains("kill -TERM $pid"), "{script}");
         assert_shell_syntax(&script);
+    }
+
+    #[test]
+    fn disks_for_each_vmm() {
+        let c = Case::new("d")
+            .timings(false)
+            .disk("/disks/root.img", false, Some("zt-root"))
+            .disk("/disks/ro.img", true, None);
+        assert!(
+            c.command().ends_with(
+                "--memory 512M --disk path=/disks/root.img,serial=zt-root \
+                 --disk path=/disks/ro.img,readonly=on"
+            ),
+            "{}",
+            c.command()
+        );
+        let q = Case::qemu_l1("q")
+            .disk("/disks/root.img", false, Some("zt-root"))
+            .disk("/disks/ro.img", true, None);
+        assert!(
+            q.command().ends_with(
+                "-drive file=/disks/root.img,if=none,id=d0,format=raw \
+                 -device virtio-blk-pci,drive=d0,disable-legacy=on,serial=zt-root \
+                 -drive file=/disks/ro.img,if=none,id=d1,format=raw,readonly=on \
+                 -device virtio-blk-pci,drive=d1,disable-legacy=on"
+            ),
+            "{}",
+            q.command()
+        );
+        let ch = Case::cloud_hypervisor_l1("ch").disk("/disks/ro.img", true, Some("s"));
+        assert!(
+            ch.command()
+                .ends_with("--disk path=/disks/ro.img,readonly=on,serial=s"),
+            "{}",
+            ch.command()
+        );
+    }
+
+    #[test]
+    fn before_and_after_keep_the_vmm_status() {
+        let c = Case::new("b")
+            .timings(false)
+            .before("cp /a /b")
+            .after("echo \"L1: x=$(cat /b)\"")
+            .stop_with("TERM", "L2: done");
+        let script = c.command();
+        assert!(
+            script.starts_with("cp /a /b\n(\n/bin/zhitong run "),
+            "{script}"
+        );
+        assert!(
+            script.ends_with("\n)\nrc=$?\necho \"L1: x=$(cat /b)\"\nexit $rc"),
+            "{script}"
+        );
+        assert_shell_syntax(&script);
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(
+                Case::shell("s", "echo vmm; exit 3")
+                    .after("echo after")
+                    .command(),
+            )
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(3));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "vmm\nafter\n");
+    }
+
+    #[test]
+    #[should_panic(expected = "disk paths")]
+    fn a_disk_path_with_a_comma_is_refused() {
+        let _ = Case::new("x").disk("/a,b.img", false, None);
     }
 
     /// `sh -n` accepts `script`.

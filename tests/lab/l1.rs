@@ -30,6 +30,10 @@ pub struct L1Spec<'a> {
     pub lines: &'a [String],
     /// Extra files: (path in L1, contents, mode)
     pub files: &'a [(String, Vec<u8>, u32)],
+    /// Host files: (path in L1, host path)
+    pub host_files: &'a [(String, PathBuf)],
+    /// Host programs with their shared libraries: (path in L1, host path)
+    pub binaries: &'a [(String, PathBuf)],
     /// The zhitong binary, if any case runs it
     pub zhitong: Option<PathBuf>,
 }
@@ -59,6 +63,18 @@ pub fn build(spec: &L1Spec, dir: &Path, out: &Path) -> Result<()> {
     }
     for (path, data, mode) in spec.files {
         img.data(path, data.clone(), *mode);
+    }
+    for (path, src) in spec.host_files {
+        if !src.is_file() {
+            return Err(Error::new(format!(
+                "{} (for L1's {path}) missing",
+                src.display()
+            )));
+        }
+        img.file(path, src);
+    }
+    for (path, src) in spec.binaries {
+        img.binary(path, src)?;
     }
     if let Some(bin) = &spec.zhitong {
         img.binary(case::ZHITONG, bin)?;

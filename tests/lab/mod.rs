@@ -12,12 +12,13 @@
 //! assert_eq!(run.case("smp2").marker("cpus"), Some("2"));
 //! # Ok::<(), zhitong_tests::Error>(())
 //! ```
-//! Prerequisites: `resources/lab/setup.sh` (QEMU, busybox, the guest kernel)
+//! Prerequisites: `resources/lab/setup.sh` (QEMU, busybox, e2fsprogs, the guest kernel)
 //! and `cargo build --release -p vmm` (or `ZHITONG_BIN=path`).
 
 mod case;
 mod console;
 mod cpio;
+pub mod disk;
 mod guest;
 mod initramfs;
 mod kernel;
@@ -37,6 +38,7 @@ pub use case::{
     Case, L2Kernel, Vmm, DEFAULT_CMDLINE, L2_INITRD, L2_NOT_A_KERNEL, L2_VMLINUX, L2_VMLINUZ,
 };
 pub use console::CaseResult;
+pub use disk::RootDisk;
 pub use guest::Guest;
 pub use initramfs::Initramfs;
 pub use kernel::Kernel;
@@ -129,6 +131,8 @@ pub struct Lab {
     l1_modules: Vec<String>,
     l1_lines: Vec<String>,
     files: Vec<(String, Vec<u8>, u32)>,
+    host_files: Vec<(String, PathBuf)>,
+    binaries: Vec<(String, PathBuf)>,
     bind: Vec<String>,
     retries: u32,
     before_boot: Option<Box<dyn FnMut() -> Result<()>>>,
@@ -153,6 +157,8 @@ impl Lab {
             l1_modules: Vec::new(),
             l1_lines: Vec::new(),
             files: Vec::new(),
+            host_files: Vec::new(),
+            binaries: Vec::new(),
             bind: Vec::new(),
             retries: 2,
             before_boot: None,
@@ -232,6 +238,35 @@ impl Lab {
         self
     }
 
+    /// The host file `src` in L1's initramfs at `path` (its mode kept), read when L1's image
+    /// is built.
+    pub fn file_from(mut self, path: &str, src: impl AsRef<Path>) -> Lab {
+        assert!(path.starts_with('/'), "L1 paths are absolute: {path}");
+        self.host_files
+            .push((path.into(), src.as_ref().to_path_buf()));
+        self
+    }
+
+    /// The host program `src` in L1 at `path`, with the shared libraries `ldd` lists.
+    pub fn binary(mut self, path: &str, src: impl AsRef<Path>) -> Lab {
+        assert!(path.starts_with('/'), "L1 paths are absolute: {path}");
+        if self.binaries.iter().all(|(p, _)| p != path) {
+            self.binaries
+                .push((path.into(), src.as_ref().to_path_buf()));
+        }
+        self
+    }
+
+    /// A disk image for the cases' `Case::disk`: the host file `src` becomes the file `path`
+    /// in L1's RAM (see disk.rs for why it travels in L1's initramfs), and e2fsprogs'
+    /// debugfs and e2fsck come along so that a case can inspect it afterwards
+    /// (`disk::l1_cat` and friends).
+    pub fn disk_image(self, path: &str, src: impl AsRef<Path>) -> Lab {
+        self.file_from(path, src)
+            .binary(disk::DEBUGFS, disk::DEBUGFS)
+            .binary(disk::E2FSCK, disk::E2FSCK)
+    }
+
     pub fn case(mut self, case: Case) -> Lab {
         assert!(
             self.cases.iter().all(|c| c.name != case.name),
@@ -301,6 +336,8 @@ impl Lab {
             bind: &self.bind,
             lines: &self.l1_lines,
             files: &self.files,
+            host_files: &self.host_files,
+            binaries: &self.binaries,
             zhitong,
         };
         l1::build(&spec, &dir, &l1_img)?;
