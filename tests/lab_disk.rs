@@ -31,20 +31,20 @@ fn root_disk() -> RootDisk {
             "echo '{HELLO}' > /hello && sync && echo 'L2: hello=written'"
         ))
         .line(&format!(
-            "echo \"L2: write_mib_s=$(dd if=/dev/zero of=/big bs=1M count={} oflag=direct \
-             conv=fsync 2>&1 | mib_s)\"",
-            BIG_BYTES >> 20
+            "echo \"L2: write_mib_s=$(mib_s {mib} dd if=/dev/zero of=/big bs=1M count={mib} \
+             oflag=direct conv=fsync)\"",
+            mib = BIG_BYTES >> 20
         ))
         .line(
-            "echo \"L2: read_mib_s=$(dd if=/dev/vda of=/dev/null bs=1M count=32 iflag=direct \
-             2>&1 | mib_s)\"",
+            "echo \"L2: read_mib_s=$(mib_s 32 dd if=/dev/vda of=/dev/null bs=1M count=32 \
+             iflag=direct)\"",
         )
         .line("echo \"L2: vdb_ro=$(cat /sys/block/vdb/ro 2>/dev/null)\"")
         .line("echo \"L2: vdb_md5=$(md5sum < /dev/vdb | cut -d' ' -f1)\"")
         .line(
             "if dd if=/dev/zero of=/dev/vdb bs=4096 count=1 oflag=direct 2>/tmp/ro.err; \
              then echo 'L2: vdb_write=allowed'; \
-             else echo \"L2: vdb_write=refused: $(tail -n 1 /tmp/ro.err)\"; fi",
+             else echo \"L2: vdb_write=refused: $(head -n 1 /tmp/ro.err)\"; fi",
         )
 }
 
