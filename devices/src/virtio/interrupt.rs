@@ -322,12 +322,6 @@ impl Interrupts {
             }
         }
     }
-
-    /// The eventfd of MSI-X vector `i` (tests).
-    #[cfg(test)]
-    pub fn vector_gsi(&self, i: usize) -> Option<u32> {
-        self.lock().vectors.get(i)?.gsi()
-    }
 }
 
 impl VirtioInterrupt for Interrupts {

@@ -36,7 +36,9 @@ fn write_lands_in_the_file_and_reads_back() {
     // An untouched sector reads what the file had.
     let (s, _) = d.request(IN, 10, &[(back, 512, F_WRITE)]);
     assert_eq!(s, S_OK);
-    d.mem.read_slice(&mut got[..512], GuestAddress(back)).unwrap();
+    d.mem
+        .read_slice(&mut got[..512], GuestAddress(back))
+        .unwrap();
     assert!(got[..512].iter().all(|&b| b == 10 ^ 0x5a));
 }
 
@@ -79,7 +81,10 @@ fn bad_requests_get_ioerr() {
     let before = d.file_bytes();
     // 64 sectors: the last one is 63.
     assert_eq!(d.request(IN, 63, &[(DATA, 1024, F_WRITE)]).0, S_IOERR);
-    assert_eq!(d.request(IN, u64::MAX / 4, &[(DATA, 512, F_WRITE)]).0, S_IOERR);
+    assert_eq!(
+        d.request(IN, u64::MAX / 4, &[(DATA, 512, F_WRITE)]).0,
+        S_IOERR
+    );
     assert_eq!(d.request(IN, 64, &[(DATA, 512, F_WRITE)]).0, S_IOERR);
     assert_eq!(d.request(IN, 63, &[(DATA, 512, F_WRITE)]).0, S_OK);
     // Not a multiple of 512; data in the wrong direction; outside guest RAM.
@@ -124,8 +129,12 @@ fn reset_stops_the_worker() {
 }
 
 fn restart(mut d: Driver) -> Driver {
-    d.mem.write_obj(0u16, GuestAddress(super::AVAIL + 2)).unwrap();
-    d.mem.write_obj(0u16, GuestAddress(super::USED + 2)).unwrap();
+    d.mem
+        .write_obj(0u16, GuestAddress(super::AVAIL + 2))
+        .unwrap();
+    d.mem
+        .write_obj(0u16, GuestAddress(super::USED + 2))
+        .unwrap();
     d.start();
     d
 }
@@ -156,12 +165,20 @@ fn open_errors_name_the_cause_and_path() {
     assert!(matches!(e, BlockError::NotFound(_)), "{e}");
     assert!(e.to_string().contains("nope.img"));
     assert!(!e.to_string().contains("--"));
-    assert!(matches!(open_err(dir.path(), true), BlockError::IsDirectory(_)));
+    assert!(matches!(
+        open_err(dir.path(), true),
+        BlockError::IsDirectory(_)
+    ));
 
     let f = super::disk_file(4);
     let long = "x".repeat(21);
-    let e = VirtioBlock::open(f.path(), false, Some(long)).err().unwrap();
-    assert!(matches!(e, BlockError::SerialTooLong { len: 21, .. }), "{e}");
+    let e = VirtioBlock::open(f.path(), false, Some(long))
+        .err()
+        .unwrap();
+    assert!(
+        matches!(e, BlockError::SerialTooLong { len: 21, .. }),
+        "{e}"
+    );
 
     // A writable open holds the lock against any other open.
     let held = VirtioBlock::open(f.path(), false, None).unwrap();
@@ -201,5 +218,8 @@ fn a_read_only_file_opened_writable_says_readonly() {
 fn odd_sizes_round_down() {
     let mut f = super::disk_file(2);
     std::io::Write::write_all(&mut f, &[1; 100]).unwrap();
-    assert_eq!(VirtioBlock::open(f.path(), true, None).unwrap().capacity(), 2);
+    assert_eq!(
+        VirtioBlock::open(f.path(), true, None).unwrap().capacity(),
+        2
+    );
 }

@@ -64,9 +64,14 @@ impl Driver {
         let blk = VirtioBlock::open(file.path(), readonly, serial.map(String::from)).unwrap();
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
         let svc = MockServices::new();
-        let mut dev =
-            VirtioPciDevice::new("blk0".into(), Box::new(blk), mem.clone(), svc.services(), intx)
-                .unwrap();
+        let mut dev = VirtioPciDevice::new(
+            "blk0".into(),
+            Box::new(blk),
+            mem.clone(),
+            svc.services(),
+            intx,
+        )
+        .unwrap();
         dev.assign_bar(0, BAR0_ADDR);
         dev.assign_bar(2, BAR2_ADDR);
         dev.config_write(COMMAND, &COMMAND_MEMORY.to_le_bytes());
