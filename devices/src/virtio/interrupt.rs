@@ -288,7 +288,7 @@ impl Interrupts {
     pub fn bar_write(&self, offset: u64, data: &[u8]) {
         let mut s = self.lock();
         let table_len = s.entries.len() as u64 * ENTRY_SIZE;
-        let aligned = matches!(data.len(), 4 | 8) && offset % data.len() as u64 == 0;
+        let aligned = matches!(data.len(), 4 | 8) && offset.is_multiple_of(data.len() as u64);
         let Some((i, byte)) = Self::locate(offset, data.len(), table_len).filter(|_| aligned)
         else {
             crate::limited!(

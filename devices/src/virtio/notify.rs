@@ -84,7 +84,7 @@ impl Notifiers {
 
     /// A notify write that trapped, at `offset` into the notify area.
     pub fn trapped(&self, offset: u64) {
-        if offset % u64::from(NOTIFY_MULTIPLIER) != 0 {
+        if !offset.is_multiple_of(u64::from(NOTIFY_MULTIPLIER)) {
             return;
         }
         let q = offset / u64::from(NOTIFY_MULTIPLIER);

@@ -62,7 +62,7 @@ fn data<'a>(mem: &GuestMemoryMmap, descs: &'a [Descriptor], dir: Dir) -> Option<
 
 /// The disk byte offset of `sector` if `len` bytes from it fit in the disk.
 fn disk_offset(disk: &Disk, sector: u64, len: u64) -> Option<u64> {
-    if len % SECTOR_SIZE != 0 {
+    if !len.is_multiple_of(SECTOR_SIZE) {
         return None;
     }
     let start = sector.checked_mul(SECTOR_SIZE)?;
