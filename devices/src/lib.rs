@@ -12,6 +12,7 @@ pub mod ratelimit;
 pub mod serial;
 pub mod services;
 pub mod vfio;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError, WeakBusDevice};
 

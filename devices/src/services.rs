@@ -73,3 +73,30 @@ pub trait DmaMapper: Send + Sync {
     /// caller must keep the host range mapped.
     fn unmap(&self, iova: u64, size: u64) -> Result<(), ServiceError>;
 }
+
+/// Guest writes to an MMIO address that signal an eventfd in the kernel, without an exit to
+/// the VMM (KVM ioeventfd).
+pub trait IoEventRegistrar: Send + Sync {
+    /// Writes of any width to guest-physical `addr` signal `evt`.
+    fn register_ioevent(&self, evt: &EventFd, addr: u64) -> Result<(), ServiceError>;
+    fn unregister_ioevent(&self, evt: &EventFd, addr: u64) -> Result<(), ServiceError>;
+}
+
+/// Threads the devices run their work on; the VMM applies its seccomp filter for `kind` in
+/// the new thread before `body` runs.
+pub trait WorkerSpawner: Send + Sync {
+    fn spawn(
+        &self,
+        name: String,
+        kind: WorkerKind,
+        body: Box<dyn FnOnce() + Send>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>>;
+}
+
+/// What a worker thread does, so the VMM can pick its seccomp filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerKind {
+    /// A virtio-blk queue: polls eventfds, preads/pwrites/fdatasyncs one file, touches guest
+    /// RAM.
+    VirtioBlock,
+}

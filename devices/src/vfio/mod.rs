@@ -52,6 +52,8 @@ pub use device::VfioPciDevice;
 pub use dma_gate::DmaGate;
 pub use error::{BackendError, VfioPciError};
 pub use mapping::DeviceMapping;
+/// One MSI/MSI-X vector's eventfd, GSI route and irqfd, for the virtio transport.
+pub(crate) use vectors::{IrqVector, VectorName};
 
 /// The MSI-X table/PBA emulation without a device around it, for the fuzz targets.
 #[cfg(feature = "mock")]
