@@ -256,31 +256,26 @@ fn qemu_throughput_is_reported() {
 }
 
 #[test]
-#[ignore = "zhitong --disk lands with virtio-blk"]
 fn zhitong_boots_from_an_ext4_virtio_blk_root() {
     assert_booted_from_disk(lab().case("zhitong-disk"));
 }
 
 #[test]
-#[ignore = "zhitong --disk lands with virtio-blk"]
 fn zhitong_guest_writes_land_in_the_image() {
     assert_writes_in_the_image(lab().case("zhitong-disk"));
 }
 
 #[test]
-#[ignore = "zhitong --disk lands with virtio-blk"]
 fn zhitong_readonly_disk_refuses_writes() {
     assert_readonly_disk(lab().case("zhitong-disk"));
 }
 
 #[test]
-#[ignore = "zhitong --disk lands with virtio-blk"]
 fn zhitong_serial_reads_back() {
     assert_serial(lab().case("zhitong-disk"));
 }
 
 #[test]
-#[ignore = "zhitong --disk lands with virtio-blk"]
 fn zhitong_throughput_is_reported() {
     report_throughput(lab().case("zhitong-disk"));
 }

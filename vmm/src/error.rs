@@ -72,6 +72,19 @@ pub enum Error {
     EventLoop(#[source] event_manager::Error),
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),
+    /// `disks[index]` did not open; the device's error names the image and the fix.
+    #[error("disks[{index}]: {source}")]
+    Disk {
+        index: usize,
+        #[source]
+        source: devices::virtio::BlockError,
+    },
+    #[error("disk image {path} is given twice (disks[{first}] and disks[{second}]) and not read-only in both; give it once, or readonly=on in each")]
+    DiskTwice {
+        path: String,
+        first: usize,
+        second: usize,
+    },
     #[error("cannot become user {user}: {step} failed: {source}")]
     DropUser {
         user: crate::config::security::User,
@@ -104,7 +117,9 @@ impl Error {
             Error::Config(_)
             | Error::TooManyVcpus { .. }
             | Error::Preflight(_)
-            | Error::BadDevice(_) => 2,
+            | Error::BadDevice(_)
+            | Error::Disk { .. }
+            | Error::DiskTwice { .. } => 2,
             Error::Boot(e) => match e {
                 BootError::GuestMemory(_) => 1,
                 _ => 2,

@@ -13,17 +13,18 @@
 //! boot_timeout = "30s"
 //! kernel = { path = "vmlinuz", initramfs = "boots.img", cmdline = "quiet" }
 //! machine = { vcpus = 2, memory = "1G" }
+//! disks = ["path=root.ext4", "path=data.raw,readonly=on"]
 //! ```
 //!
-//! Relative kernel and initramfs paths are taken from the matrix file's directory. This is
+//! Relative kernel, initramfs and disk paths are taken from the matrix file's directory. This is
 //! the pure parser (the fuzz targets call it); `zhitong test` reads the file and runs the
 //! cases.
 
 use std::path::Path;
 use std::time::Duration;
 
-use crate::config::DeviceConfig;
 use crate::config::{file, KernelConfig, MachineConfig, VfioBackend, DEFAULT_BOOT_TIMEOUT};
+use crate::config::{DeviceConfig, DiskConfig};
 use crate::VmConfig;
 use serde::Deserialize;
 
@@ -53,6 +54,8 @@ struct CaseFile {
     machine: MachineConfig,
     #[serde(default)]
     devices: Vec<DeviceConfig>,
+    #[serde(default)]
+    disks: Vec<DiskConfig>,
     #[serde(default = "default_boot_timeout", with = "file::duration")]
     boot_timeout: Option<Duration>,
     #[serde(default)]
@@ -119,6 +122,14 @@ pub fn parse(text: &str, dir: &Path) -> Result<Vec<MatrixCase>, String> {
                 } else {
                     c.devices
                 },
+                disks: c
+                    .disks
+                    .into_iter()
+                    .map(|d| DiskConfig {
+                        path: dir.join(&d.path),
+                        ..d
+                    })
+                    .collect(),
                 boot_timeout: c.boot_timeout,
                 timeout: c.timeout.or(file.timeout),
                 vfio_backend: c.vfio_backend.or(file.vfio_backend),
@@ -150,6 +161,7 @@ boot_timeout = "0"
 devices = ["01:00.0"]
 machine = { vcpus = 2, memory = "1G" }
 vfio_backend = "iommufd"
+disks = ["path=root.ext4", "path=/img/data.raw,readonly=on"]
 [case.kernel]
 path = "vmlinuz"
 "#;
@@ -177,6 +189,12 @@ path = "vmlinuz"
         assert_eq!(b.config.timeout, Some(Duration::from_secs(60)));
         assert_eq!(b.config.boot_timeout, None);
         assert_eq!(b.config.devices[0].to_string(), "0000:01:00.0");
+        assert!(a.config.disks.is_empty());
+        let disks: Vec<String> = b.config.disks.iter().map(|d| d.to_string()).collect();
+        assert_eq!(
+            disks,
+            ["path=/m/root.ext4", "path=/img/data.raw,readonly=on"]
+        );
         assert_eq!(
             (b.config.machine.vcpus, b.config.machine.memory_bytes),
             (2, 1 << 30)

@@ -12,7 +12,7 @@ use arch::pci_windows::{guest_phys_bits, PciWindows};
 use crate::config::{host_ram_bytes, ConfigError, VmConfig};
 use crate::console::Console;
 use crate::control::{run_until_exit, ControlInputs};
-use crate::device_manager::{DeviceManager, SlotRange, VmParts};
+use crate::device_manager::{open_disks, DeviceManager, OpenedDisk, SlotRange, VmParts};
 use crate::error::{Error, Result};
 use crate::exit::{panic_message, ExitChannel, VmExit};
 use crate::handle::{VmHandle, VmShared, VmState};
@@ -31,6 +31,8 @@ pub struct Vm {
     /// are opened through.
     passthrough: Vec<CheckedDevice>,
     backend: VfioBackend,
+    /// The disks' images, open and locked.
+    disks: Vec<OpenedDisk>,
     console: Console,
     exit: Arc<ExitChannel>,
     timeline: Arc<Timeline>,
@@ -39,7 +41,8 @@ pub struct Vm {
 impl Vm {
     /// Check everything that can be checked without KVM: sizes, counts, the kernel and
     /// initramfs files, the command line, and the passthrough preflight (the checks of
-    /// `zhitong check`, on the host `ZHITONG_HOST_ROOT` names, else the real one). `start`
+    /// `zhitong check`, on the host `ZHITONG_HOST_ROOT` names, else the real one); open the
+    /// disks' images. `start`
     /// is what the boot timeline counts from.
     pub fn new(config: VmConfig, console: Console, start: Instant) -> Result<Self> {
         Self::on_host(config, &Host::from_env(), console, start)
@@ -71,12 +74,14 @@ impl Vm {
         }
         boot::build_cmdline(&config.kernel.cmdline)?;
         let (passthrough, backend) = preflight(host, &config)?;
+        let disks = open_disks(&config.disks)?;
         let seccomp = seccomp::Policy::new(config.security.seccomp)?;
         let exit = ExitChannel::with_seccomp(seccomp).map_err(Error::io("the exit event"))?;
         Ok(Self {
             config,
             passthrough,
             backend,
+            disks,
             console,
             exit: Arc::new(exit),
             timeline: Arc::new(Timeline::new(start)),
@@ -93,6 +98,7 @@ impl Vm {
             config,
             passthrough,
             backend,
+            disks,
             console,
             exit,
             timeline,
@@ -111,7 +117,7 @@ impl Vm {
                 // A panic unwinds through run_vm, whose locals release everything on the
                 // way out; it is then reported as how the VM ended.
                 let result = catch_unwind(AssertUnwindSafe(|| {
-                    run_vm(&config, (&passthrough, backend), console, &vm_shared)
+                    run_vm(&config, (&passthrough, backend), disks, console, &vm_shared)
                 }))
                 .unwrap_or_else(|panic| {
                     Ok(VmExit::Panicked {
@@ -185,6 +191,7 @@ fn start_run_timer(exit: &Arc<ExitChannel>, limit: std::time::Duration) -> Resul
 fn run_vm(
     config: &VmConfig,
     (passthrough, backend): (&[CheckedDevice], VfioBackend),
+    disks: Vec<OpenedDisk>,
     console: Console,
     shared: &VmShared,
 ) -> Result<VmExit> {
@@ -218,7 +225,8 @@ fn run_vm(
         timeline,
     };
     devices.attach_passthrough(&parts, passthrough, &config.devices, backend)?;
-    if devices.has_passthrough() {
+    devices.attach_disks(&parts, disks, passthrough)?;
+    if devices.has_passthrough() || !config.disks.is_empty() {
         timeline.mark(Milestone::DevicesReady);
     }
     if crate::faults::fail_after_devices() {

@@ -4,8 +4,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
 use devices::pci::{BadBdf, Bdf};
 
 /// Clique ids NVIDIA's GPUDirect capability can carry (4 bits).
@@ -148,19 +146,7 @@ impl fmt::Display for DeviceConfig {
     }
 }
 
-impl Serialize for DeviceConfig {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for DeviceConfig {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
+serde_as_string!(DeviceConfig);
 
 #[cfg(test)]
 mod tests {

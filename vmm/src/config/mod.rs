@@ -1,6 +1,27 @@
 //! What a VM is made of, one struct per concern, and the checks that need no KVM.
 
+/// Serde for a type whose config-file form is its flag form: `Display` out, `FromStr` in
+/// (the parse error becomes serde's, message intact).
+macro_rules! serde_as_string {
+    ($t:ty) => {
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                <String as serde::Deserialize>::deserialize(d)?
+                    .parse()
+                    .map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
 pub mod device;
+pub mod disk;
 pub mod file;
 pub mod security;
 
@@ -14,6 +35,7 @@ use arch::units::{format_size, UnitError};
 pub use device::{DeviceConfig, DeviceError};
 use devices::pci::address::{MAX_DEVICES, MAX_FUNCTIONS};
 use devices::pci::Bdf;
+pub use disk::{DiskConfig, DiskError};
 pub use host::hugepages::HugePageSize;
 pub use host::vfio_backend::VfioBackend;
 pub use security::{SecurityConfig, SecurityError};
@@ -68,6 +90,9 @@ pub struct VmConfig {
     /// Host PCI devices to pass through with VFIO, each with its options.
     #[serde(default)]
     pub devices: Vec<DeviceConfig>,
+    /// virtio block devices (raw images or block devices), /dev/vda first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<DiskConfig>,
     /// Fail the run when the guest has not touched the serial port or the marker port within
     /// this time: a kernel that never boots. `None` waits forever.
     #[serde(default = "default_boot_timeout", with = "file::duration")]
@@ -107,6 +132,7 @@ impl VmConfig {
             },
             machine: MachineConfig::default(),
             devices: Vec::new(),
+            disks: Vec::new(),
             boot_timeout: default_boot_timeout(),
             timeout: None,
             vfio_backend: None,
@@ -147,6 +173,12 @@ impl VmConfig {
     /// Builder: one more host PCI device to pass through (a [`Bdf`] for no options).
     pub fn device(mut self, device: impl Into<DeviceConfig>) -> Self {
         self.devices.push(device.into());
+        self
+    }
+
+    /// Builder: one more virtio disk.
+    pub fn disk(mut self, disk: DiskConfig) -> Self {
+        self.disks.push(disk);
         self
     }
 
@@ -192,6 +224,8 @@ pub enum ConfigError {
     MemoryAboveMax { got: String, max: String },
     #[error("devices lists {functions} functions in {slots} host slots, more than the guest's PCI bus 0 holds ({GUEST_PCI_SLOTS} slots, one per host slot, of {MAX_FUNCTIONS} functions); pass fewer devices")]
     TooManyDevices { functions: usize, slots: usize },
+    #[error("{slots} host slots of devices and {disks} disks are more than the guest's PCI bus 0 holds ({GUEST_PCI_SLOTS} slots, one per disk); pass fewer")]
+    TooManyDisks { slots: usize, disks: usize },
     /// The file could not be read (`reason`: the I/O error, or why it is not read at all).
     #[error("config file {path}: {reason}; check its path")]
     FileUnreadable { path: String, reason: String },
@@ -204,6 +238,8 @@ pub enum ConfigError {
     Security(#[from] SecurityError),
     #[error(transparent)]
     Device(#[from] DeviceError),
+    #[error(transparent)]
+    Disk(#[from] DiskError),
 }
 
 /// Guest PCI slots for passed-through devices: bus 0 only (no bridges), slot 0 is the host
@@ -231,14 +267,25 @@ impl VmConfig {
         for d in &self.devices {
             d.validate()?;
         }
-        validate_devices(&self.device_bdfs())
+        for d in &self.disks {
+            d.validate()?;
+        }
+        let slots = validate_devices(&self.device_bdfs())?;
+        if slots + self.disks.len() > GUEST_PCI_SLOTS {
+            return Err(ConfigError::TooManyDisks {
+                slots,
+                disks: self.disks.len(),
+            });
+        }
+        Ok(())
     }
 }
 
 /// Check that `devices` fit the guest's PCI bus: at most [`GUEST_PCI_SLOTS`] host slots and
 /// as many functions as those slots hold (a longer list repeats a device, which the
-/// preflight refuses, but the placement arithmetic must not see it first).
-pub fn validate_devices(devices: &[Bdf]) -> Result<(), ConfigError> {
+/// preflight refuses, but the placement arithmetic must not see it first). Returns the
+/// number of guest slots they take.
+pub fn validate_devices(devices: &[Bdf]) -> Result<usize, ConfigError> {
     let mut slots: Vec<Bdf> = devices.iter().map(|d| d.with_function(0)).collect();
     slots.sort_unstable();
     slots.dedup();
@@ -248,7 +295,7 @@ pub fn validate_devices(devices: &[Bdf]) -> Result<(), ConfigError> {
             slots: slots.len(),
         });
     }
-    Ok(())
+    Ok(slots.len())
 }
 
 impl MachineConfig {
@@ -478,6 +525,66 @@ mod tests {
                 slots: 255
             })
         ));
+    }
+
+    #[test]
+    fn disks_take_guest_slots_beside_the_devices() {
+        let mut cfg = VmConfig::new("/k");
+        cfg.devices = (0..30u8)
+            .map(|bus| {
+                DeviceConfig::from(Bdf {
+                    domain: 0,
+                    bus,
+                    device: 0,
+                    function: 0,
+                })
+            })
+            .collect();
+        cfg = cfg.disk(DiskConfig::new("/a"));
+        assert!(cfg.validate(None).is_ok());
+        cfg = cfg.disk(DiskConfig::new("/b"));
+        let err = cfg.validate(None).unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::TooManyDisks {
+                slots: 30,
+                disks: 2
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "30 host slots of devices and 2 disks are more than the guest's PCI bus 0 holds (31 slots, one per disk); pass fewer"
+        );
+        // A disk built in code is checked too.
+        let mut cfg = VmConfig::new("/k").disk(DiskConfig::new(""));
+        assert_eq!(
+            cfg.validate(None).unwrap_err(),
+            ConfigError::Disk(DiskError::NoPath)
+        );
+        cfg.disks[0] = DiskConfig {
+            serial: Some("x".repeat(21)),
+            ..DiskConfig::new("/a")
+        };
+        assert!(matches!(
+            cfg.validate(None),
+            Err(ConfigError::Disk(DiskError::SerialTooLong(_)))
+        ));
+        // In a config file: a list of the string form.
+        let cfg = file::parse(
+            "disks = [\"path=/img/root.ext4\", \"path=/img/b,readonly=on\"]\n[kernel]\npath = \"/k\"\n",
+            true,
+        )
+        .unwrap();
+        assert_eq!(cfg.disks.len(), 2);
+        assert!(cfg.disks[1].readonly);
+        let json = serde_json::to_string(&cfg).unwrap();
+        assert!(
+            json.contains(r#""disks":["path=/img/root.ext4","path=/img/b,readonly=on"]"#),
+            "{json}"
+        );
+        assert!(!serde_json::to_string(&VmConfig::new("/k"))
+            .unwrap()
+            .contains("disks"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 pub use crate::seccomp::SeccompMode;
 
@@ -71,19 +71,7 @@ impl fmt::Display for User {
     }
 }
 
-impl Serialize for User {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for User {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(|e: SecurityError| serde::de::Error::custom(e))
-    }
-}
+serde_as_string!(User);
 
 /// A bad `security` setting (bad usage: exit status 2). Worded with the setting's name as a
 /// config file spells it; the CLI words it with its flag (`worded("--user")`).

@@ -12,6 +12,8 @@ mod passthrough;
 mod pci;
 mod platform;
 mod ram_dma;
+mod services;
+mod virtio;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -24,15 +26,18 @@ use kvm_ioctls::VmFd;
 
 pub use passthrough::{SlotRange, VmParts};
 pub use platform::PlatformDevices;
+pub use virtio::{open_disks, OpenedDisk};
 
 use host::preflight::CheckedDevice;
 use host::vfio_backend::VfioBackend;
 
 use crate::error::Result;
 use crate::exit::ExitChannel;
+use crate::interrupts::KvmInterruptRouter;
 use crate::timeline::Timeline;
 use passthrough::PassedThrough;
 use pci::PciDevices;
+use virtio::VirtioDevices;
 
 /// The buses vCPU exits are dispatched on.
 #[derive(Clone)]
@@ -46,15 +51,19 @@ pub struct Buses {
 /// its functions (closing the VFIO device and group files), then the platform devices.
 pub struct DeviceManager {
     passthrough: Option<PassedThrough>,
+    virtio: Option<VirtioDevices>,
     pci: PciDevices,
     platform: PlatformDevices,
     buses: Buses,
+    /// The VM's one GSI routing table (KVM_SET_GSI_ROUTING replaces it whole): every
+    /// device's MSI/MSI-X vectors are routed through it.
+    router: Arc<KvmInterruptRouter>,
 }
 
 impl DeviceManager {
     /// The platform devices and an empty PCI root whose BARs go in `windows`.
     pub fn new(
-        vm: &VmFd,
+        vm: &Arc<VmFd>,
         windows: PciWindows,
         exit: &Arc<ExitChannel>,
         timeline: &Arc<Timeline>,
@@ -68,9 +77,11 @@ impl DeviceManager {
         let pci = PciDevices::new(&buses.pio, &buses.mmio, windows)?;
         Ok(Self {
             passthrough: None,
+            virtio: None,
             pci,
             platform,
             buses,
+            router: Arc::new(KvmInterruptRouter::new(vm.clone())),
         })
     }
 
@@ -86,9 +97,32 @@ impl DeviceManager {
         backend: VfioBackend,
     ) -> Result<()> {
         if !devices.is_empty() {
-            let attached = passthrough::attach(vm, &self.pci.root, devices, options, backend)?;
+            let attached =
+                passthrough::attach(vm, &self.pci.root, &self.router, devices, options, backend)?;
             self.passthrough = Some(attached);
         }
+        Ok(())
+    }
+
+    /// Put the opened `disks` on the PCI root, in the guest slots after the passed-through
+    /// functions' (`devices`, as given to `attach_passthrough`).
+    pub fn attach_disks(
+        &mut self,
+        vm: &VmParts,
+        disks: Vec<OpenedDisk>,
+        devices: &[CheckedDevice],
+    ) -> Result<()> {
+        if disks.is_empty() {
+            return Ok(());
+        }
+        let bdfs: Vec<_> = devices.iter().map(|d| d.bdf).collect();
+        let first_slot = 1 + pci::place(&bdfs)
+            .iter()
+            .map(|b| b.device)
+            .max()
+            .unwrap_or(0);
+        let attached = virtio::attach(vm, &self.pci.root, &self.router, disks, first_slot)?;
+        self.virtio = Some(attached);
         Ok(())
     }
 

@@ -52,13 +52,14 @@ pub struct PassedThrough {
     domain: IommuDomain,
 }
 
-/// Open every device through `backend`, set it up as `options` (in the same order) say, put
+/// Open every device through `backend` (its vectors routed by `router`), set it up as `options` (in the same order) say, put
 /// it on `root` at its guest address, and start DMA-mapping guest RAM beside the boot
 /// (reporting to `exit` and `timeline`). On an error half-way, what was opened is released
 /// before the error is returned.
 pub fn attach(
     vm: &VmParts,
     root: &PciRoot,
+    router: &Arc<KvmInterruptRouter>,
     devices: &[CheckedDevice],
     options: &[DeviceConfig],
     backend: VfioBackend,
@@ -75,7 +76,6 @@ pub fn attach(
         ram: None,
         domain: IommuDomain::new(vm, backend)?,
     };
-    let router = Arc::new(KvmInterruptRouter::new(vm.clone()));
     let mapper = Arc::new(KvmMemoryMapper::new(
         vm.clone(),
         slots.first_free,

@@ -4,7 +4,9 @@
 
 use std::mem::size_of;
 
-use kvm_bindings::{kvm_device_attr, kvm_irq_routing, kvm_irqfd, kvm_userspace_memory_region};
+use kvm_bindings::{
+    kvm_device_attr, kvm_ioeventfd, kvm_irq_routing, kvm_irqfd, kvm_userspace_memory_region,
+};
 
 const WRITE: u64 = 1;
 
@@ -24,6 +26,7 @@ pub const KVM_SET_USER_MEMORY_REGION: u64 =
     ioc(WRITE, KVM, 0x46, size_of::<kvm_userspace_memory_region>());
 pub const KVM_SET_GSI_ROUTING: u64 = ioc(WRITE, KVM, 0x6a, size_of::<kvm_irq_routing>());
 pub const KVM_IRQFD: u64 = ioc(WRITE, KVM, 0x76, size_of::<kvm_irqfd>());
+pub const KVM_IOEVENTFD: u64 = ioc(WRITE, KVM, 0x79, size_of::<kvm_ioeventfd>());
 pub const KVM_SET_DEVICE_ATTR: u64 = ioc(WRITE, KVM, 0xe1, size_of::<kvm_device_attr>());
 
 pub const VFIO_GROUP_UNSET_CONTAINER: u64 = ioc(0, VFIO, VFIO_BASE + 5, 0);
@@ -57,6 +60,7 @@ mod tests {
             (KVM_SET_USER_MEMORY_REGION, 0x4020_ae46),
             (KVM_SET_GSI_ROUTING, 0x4008_ae6a),
             (KVM_IRQFD, 0x4020_ae76),
+            (KVM_IOEVENTFD, 0x4040_ae79),
             (KVM_SET_DEVICE_ATTR, 0x4018_aee1),
             (VFIO_GROUP_UNSET_CONTAINER, 0x3b69),
             (VFIO_DEVICE_GET_REGION_INFO, 0x3b6c),

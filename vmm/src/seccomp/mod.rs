@@ -79,16 +79,23 @@ pub enum ThreadKind {
     Timer,
     /// The thread that DMA-maps guest RAM beside the boot.
     DmaMap,
+    /// Starts device workers (asked from vCPU threads, whose filter a thread started there
+    /// would inherit).
+    Launcher,
+    /// A virtio block device's worker: the queue's requests on the image file.
+    VirtioBlock,
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 6] = [
+    pub const ALL: [ThreadKind; 8] = [
         ThreadKind::Vm,
         ThreadKind::Vcpu,
         ThreadKind::Api,
         ThreadKind::Signals,
         ThreadKind::Timer,
         ThreadKind::DmaMap,
+        ThreadKind::Launcher,
+        ThreadKind::VirtioBlock,
     ];
 }
 

@@ -64,6 +64,7 @@ const VM: &[i64] = &[
 const VM_IOCTLS: &[u64] = &[
     KVM_SET_USER_MEMORY_REGION,
     KVM_IRQFD,
+    KVM_IOEVENTFD,
     KVM_SET_GSI_ROUTING,
     KVM_SET_DEVICE_ATTR,
     VFIO_DEVICE_SET_IRQS,
@@ -79,10 +80,13 @@ const VM_IOCTLS: &[u64] = &[
 /// (pread/pwrite on the device fd), the console's output, interrupt eventfds, and what a
 /// guest moving BARs or programming MSI/MSI-X makes the VMM do (KVM slots, GSI routes,
 /// irqfds, VFIO_DEVICE_SET_IRQS with new eventfds, and for a peer-to-peer device the BAR's
-/// IOMMU mappings). Its own registers may be read (for reporting a crash); nothing else of
+/// IOMMU mappings; a virtio device's queue ioeventfds, its worker asked of the launcher and
+/// joined at reset). Its own registers may be read (for reporting a crash); nothing else of
 /// KVM's.
 const VCPU: &[i64] = &[
     libc::SYS_read,
+    // Whether a masked vector's eventfd holds an interrupt (a zero-timeout poll).
+    libc::SYS_poll,
     libc::SYS_pread64,
     libc::SYS_pwrite64,
     libc::SYS_eventfd2,
@@ -95,6 +99,7 @@ const VCPU_IOCTLS: &[u64] = &[
     KVM_GET_SREGS,
     KVM_SET_USER_MEMORY_REGION,
     KVM_IRQFD,
+    KVM_IOEVENTFD,
     KVM_SET_GSI_ROUTING,
     VFIO_DEVICE_SET_IRQS,
     VFIO_DEVICE_GET_IRQ_INFO,
@@ -136,6 +141,34 @@ const TIMER: &[i64] = &[];
 const DMA_MAP: &[i64] = &[];
 const DMA_MAP_IOCTLS: &[u64] = &[VFIO_IOMMU_MAP_DMA, IOMMU_IOAS_MAP];
 
+/// Waits on its queue's notifier, stop and resample eventfds (poll), reads and writes the
+/// image at the requests' offsets, flushes it; signals the interrupt eventfd (write).
+const VIRTIO_BLOCK: &[i64] = &[
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_read,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_fdatasync,
+    libc::SYS_fsync,
+];
+
+/// Starting a thread (the clone, its stack, what glibc and std do in the new thread before
+/// it installs its own filter: robust list, rseq, its name, then the filter), and, because
+/// filters stack, everything a worker it starts may do.
+const LAUNCHER: &[i64] = &[
+    libc::SYS_clone3,
+    libc::SYS_clone,
+    libc::SYS_set_robust_list,
+    libc::SYS_rseq,
+    libc::SYS_sched_getaffinity,
+];
+
+/// The worker kinds a launcher starts.
+const WORKERS: &[&[i64]] = &[VIRTIO_BLOCK];
+
 /// The rules of `kind`'s filter.
 pub fn allowed(kind: ThreadKind) -> Result<Rules, BackendError> {
     let (plain, ioctls): (&[i64], &[u64]) = match kind {
@@ -145,8 +178,14 @@ pub fn allowed(kind: ThreadKind) -> Result<Rules, BackendError> {
         ThreadKind::Signals => (SIGNALS, &[]),
         ThreadKind::Timer => (TIMER, &[]),
         ThreadKind::DmaMap => (DMA_MAP, DMA_MAP_IOCTLS),
+        ThreadKind::Launcher => (LAUNCHER, &[]),
+        ThreadKind::VirtioBlock => (VIRTIO_BLOCK, &[]),
     };
     let mut rules: Rules = COMMON.iter().chain(plain).map(|&nr| (nr, vec![])).collect();
+    // std's debug builds check that a file descriptor is open before closing it (F_GETFD).
+    rules
+        .entry(libc::SYS_fcntl)
+        .or_insert(vec![arg_is(1, libc::F_GETFD as u64)?]);
     rules.insert(libc::SYS_mmap, vec![not_executable(2)?]);
     rules.insert(libc::SYS_mprotect, vec![not_executable(2)?]);
     if !ioctls.is_empty() {
@@ -156,8 +195,13 @@ pub fn allowed(kind: ThreadKind) -> Result<Rules, BackendError> {
             .collect::<Result<_, _>>()?;
         rules.insert(libc::SYS_ioctl, one_of);
     }
-    if kind == ThreadKind::Api {
-        // The shutdown timer's start: it names itself, then installs its own filter.
+    if kind == ThreadKind::Launcher {
+        for &nr in WORKERS.iter().copied().flatten() {
+            rules.insert(nr, vec![]);
+        }
+    }
+    if matches!(kind, ThreadKind::Api | ThreadKind::Launcher) {
+        // A thread it starts names itself, then installs its own filter.
         rules.insert(
             libc::SYS_prctl,
             vec![

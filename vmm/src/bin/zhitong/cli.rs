@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use devices::pci::Bdf;
 use vmm::config::parse_vcpus;
 use vmm::config::security::SeccompMode;
-use vmm::config::{ConfigError, DeviceConfig, HugePageSize, VfioBackend};
+use vmm::config::{ConfigError, DeviceConfig, DiskConfig, HugePageSize, VfioBackend};
 use vmm::VmConfig;
 
 #[derive(Debug, Parser)]
@@ -184,6 +184,11 @@ pub struct RunArgs {
     /// must be bound to vfio-pci (see 'zhitong bind').
     #[arg(long = "device", value_name = "PATH|BDF[,OPTION...]", value_parser = parse_device_config_arg)]
     pub devices: Vec<DeviceConfig>,
+    /// A virtio disk from a raw image or a block device: path=FILE, then options:
+    /// readonly=on (the guest cannot write it), serial=STR (up to 20 bytes, the guest's
+    /// /sys/block/vdX/serial). Repeatable: the first is /dev/vda.
+    #[arg(long = "disk", value_name = "path=FILE[,OPTION...]", value_parser = parse_disk_arg)]
+    pub disks: Vec<DiskConfig>,
     /// Print the boot timeline as one JSON line on stderr at exit.
     #[arg(long)]
     pub timings: bool,
@@ -226,6 +231,10 @@ fn parse_device_arg(s: &str) -> Result<Bdf, String> {
 fn parse_device_config_arg(s: &str) -> Result<DeviceConfig, String> {
     s.parse()
         .map_err(|e: vmm::config::DeviceError| e.to_string())
+}
+
+fn parse_disk_arg(s: &str) -> Result<DiskConfig, String> {
+    s.parse().map_err(|e: vmm::config::DiskError| e.to_string())
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
@@ -297,6 +306,9 @@ impl RunArgs {
         }
         if !self.devices.is_empty() {
             cfg.devices = self.devices.clone();
+        }
+        if !self.disks.is_empty() {
+            cfg.disks = self.disks.clone();
         }
         if let Some(limit) = self.boot_timeout {
             cfg.boot_timeout = (!limit.is_zero()).then_some(limit);

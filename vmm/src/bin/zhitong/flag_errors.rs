@@ -9,11 +9,34 @@ pub fn message(e: &vmm::Error) -> String {
     match e {
         vmm::Error::Config(e) => config_message(e),
         vmm::Error::Boot(e) => e.render(&flag),
+        // The device's message names the image; which --disk it was is then clear.
+        vmm::Error::Disk { source, .. } => source.to_string(),
+        vmm::Error::DiskTwice {
+            path,
+            first,
+            second,
+        } => format!(
+            "disk image {path} is given to --disk twice (the {} and the {}) and not read-only in both; give it once, or add readonly=on to each",
+            ordinal(first + 1),
+            ordinal(second + 1)
+        ),
         vmm::Error::TooManyVcpus { got, max } => {
             format!("--cpus {got} is more than KVM allows on this host ({max}); ask for fewer")
         }
         e => e.to_string(),
     }
+}
+
+/// 1st, 2nd, 3rd, 4th... 11th, 12th, 13th, 21st.
+fn ordinal(n: usize) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
 }
 
 /// The flag of `zhitong run` that sets `setting`.
@@ -52,6 +75,10 @@ fn config_message(e: &ConfigError) -> String {
             vmm::config::GUEST_PCI_SLOTS,
             devices::pci::address::MAX_FUNCTIONS
         ),
+        ConfigError::TooManyDisks { slots, disks } => format!(
+            "--device takes {slots} guest slots and --disk is given {disks} times, more than the guest's PCI bus 0 holds ({} slots, one per disk); pass fewer",
+            vmm::config::GUEST_PCI_SLOTS
+        ),
         ConfigError::FileUnreadable { path, reason } => {
             format!("config file {path}: {reason}; check the path given to --config")
         }
@@ -61,6 +88,7 @@ fn config_message(e: &ConfigError) -> String {
         ConfigError::Security(e) => e.worded("--user"),
         // Already in the words of the value or the file.
         ConfigError::Device(d) => format!("--device: {d}"),
+        ConfigError::Disk(d) => format!("--disk: {d}"),
         ConfigError::Unit(_) | ConfigError::File { .. } => e.to_string(),
     }
 }
@@ -223,5 +251,30 @@ mod tests {
         assert_eq!(config(file.clone()), file.to_string());
         let e = vmm::Error::KvmCapability("irqfd (KVM_CAP_IRQFD)");
         assert_eq!(message(&e), e.to_string());
+    }
+
+    #[test]
+    fn disk_errors_name_the_flag_and_which() {
+        let e = vmm::Error::DiskTwice {
+            path: "/img/a".into(),
+            first: 0,
+            second: 2,
+        };
+        assert_eq!(
+            message(&e),
+            "disk image /img/a is given to --disk twice (the 1st and the 3rd) and not read-only in both; give it once, or add readonly=on to each"
+        );
+        let open = vmm::Error::Disk {
+            index: 1,
+            source: devices::virtio::BlockError::NotFound("/img/b".into()),
+        };
+        assert_eq!(
+            message(&open),
+            open.to_string().replacen("disks[1]: ", "", 1)
+        );
+        assert_eq!(
+            [1, 2, 3, 4, 11, 12, 13, 21, 22, 111].map(ordinal),
+            ["1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "111th"]
+        );
     }
 }

@@ -52,6 +52,10 @@ fn all_flags() {
         "--console-log",
         "/tmp/c.log",
         "--console-timestamps",
+        "--disk",
+        "path=/img/root.ext4",
+        "--disk",
+        "path=/dev/sdb,readonly=on,serial=data-1",
     ]);
     let Parsed::Run(cli) = p else { panic!("{p:?}") };
     let Command::Run(args) = cli.command else {
@@ -68,6 +72,14 @@ fn all_flags() {
     assert_eq!(cfg.timeout, Some(Duration::from_secs(90)));
     assert_eq!(args.console_log, Some(PathBuf::from("/tmp/c.log")));
     assert!(args.console_timestamps);
+    let disks: Vec<String> = cfg.disks.iter().map(|d| d.to_string()).collect();
+    assert_eq!(
+        disks,
+        [
+            "path=/img/root.ext4",
+            "path=/dev/sdb,readonly=on,serial=data-1"
+        ]
+    );
 }
 
 #[test]
@@ -94,6 +106,18 @@ fn errors_are_one_line_with_the_fix() {
         ),
         (run_args(&["--device", "01:00.0,clique=2"]), "needs p2p=on"),
         (run_args(&["--timeout", "soon"]), "90s"),
+        (
+            run_args(&["--disk", "/img/root.ext4"]),
+            "disk '/img/root.ext4' has no key; write path=/img/root.ext4",
+        ),
+        (
+            run_args(&["--disk", "path=/a,cache=none"]),
+            "disk option 'cache' is unknown; the options are path=FILE, readonly=on|off and serial=STR",
+        ),
+        (
+            run_args(&["--disk", "path=/a,readonly=1"]),
+            "want readonly=on|off",
+        ),
         (run_args(&["--console-timestamps"]), "--console-log"),
         (parse(["zhitong", "run"]), "--kernel"),
         (parse(["zhitong", "fly"]), "fly"),

@@ -1,0 +1,157 @@
+//! `zhitong run --disk` with bad images: one line naming the image and the fix, exit 2,
+//! before KVM or any device is touched (these run on a host without a usable /dev/kvm), and
+//! no image left locked.
+
+use std::fs::{self, File};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// A file that passes the kernel checks (an x86_64 ELF header) but is never loaded: the
+/// disks fail first.
+fn fake_kernel(dir: &Path) -> PathBuf {
+    let mut h = vec![0u8; 4096];
+    h[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
+    h[16] = 2; // ET_EXEC
+    h[18] = 0x3e; // EM_X86_64
+    h[20] = 1; // EV_CURRENT
+    h[24..32].copy_from_slice(&0x100_0000u64.to_le_bytes()); // entry
+    h[32] = 64; // program headers right after the ELF header (none of them)
+    h[52] = 64; // e_ehsize
+    h[54] = 56; // e_phentsize
+    h[58] = 64; // e_shentsize
+    let path = dir.join("vmlinux");
+    fs::write(&path, h).unwrap();
+    path
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("zhitong-disks-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn image(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    File::create(&path).unwrap().set_len(1 << 20).unwrap();
+    path
+}
+
+/// `zhitong run --kernel K --disk D...`: exit status and stderr.
+fn run(kernel: &Path, disks: &[String]) -> (i32, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_zhitong"));
+    cmd.args(["run", "--kernel", kernel.to_str().unwrap()]);
+    for d in disks {
+        cmd.args(["--disk", d]);
+    }
+    let out = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn refused(kernel: &Path, disks: &[String], want: &str) {
+    let (status, stderr) = run(kernel, disks);
+    assert_eq!(status, 2, "{disks:?}: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{disks:?}: {stderr}");
+    assert!(stderr.contains(want), "{disks:?}: {stderr}");
+}
+
+/// Whether `path` can be locked exclusively now (no one holds a lock on it).
+fn unlocked(path: &Path) -> bool {
+    let f = File::open(path).unwrap();
+    // SAFETY: flock on an fd we own.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+#[test]
+fn bad_images_are_one_line_with_exit_2() {
+    let dir = scratch("bad");
+    let kernel = fake_kernel(&dir);
+    let good = image(&dir, "good.img");
+    let missing = dir.join("missing.img");
+    let p = |p: &Path| format!("path={}", p.display());
+    refused(&kernel, &[p(&missing)], "missing.img: no such file");
+    refused(&kernel, &[p(&dir)], "is a directory");
+    refused(
+        &kernel,
+        &["path=/dev/null".into()],
+        "not a regular file or block device",
+    );
+    refused(
+        &kernel,
+        &[p(&good), format!("path={}/./good.img", dir.display())],
+        "is given to --disk twice (the 1st and the 2nd) and not read-only in both",
+    );
+    refused(
+        &kernel,
+        &[p(&good), p(&missing)],
+        "missing.img: no such file",
+    );
+    assert!(unlocked(&good), "a failed run left good.img locked");
+    refused(&kernel, &["good.img".into()], "write path=good.img");
+    refused(
+        &kernel,
+        &[format!("{},cache=none", p(&good))],
+        "disk option 'cache' is unknown",
+    );
+}
+
+#[test]
+fn an_image_locked_by_another_vm_is_refused() {
+    let dir = scratch("locked");
+    let kernel = fake_kernel(&dir);
+    let img = image(&dir, "busy.img");
+    let holder = File::open(&img).unwrap();
+    // SAFETY: flock on an fd we own; released when `holder` closes.
+    assert_eq!(unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_EX) }, 0);
+    refused(
+        &kernel,
+        &[format!("path={}", img.display())],
+        "in use by another process",
+    );
+    refused(
+        &kernel,
+        &[format!("path={},readonly=on", img.display())],
+        "in use by another process",
+    );
+}
+
+#[test]
+fn a_read_only_file_needs_readonly_on() {
+    let dir = scratch("ro");
+    let kernel = fake_kernel(&dir);
+    let img = image(&dir, "ro.img");
+    fs::set_permissions(&img, fs::Permissions::from_mode(0o444)).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_zhitong"));
+    cmd.args(["run", "--kernel", kernel.to_str().unwrap()])
+        .args(["--disk", &format!("path={}", img.display())]);
+    // SAFETY: geteuid takes nothing and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        // Root writes through file modes: run as nobody, who can only read the image.
+        use std::os::unix::process::CommandExt;
+        cmd.uid(65534).gid(65534);
+    }
+    let out = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(
+            "ro.img: cannot be opened for writing (read-only file or file system); use readonly=on"
+        ),
+        "{stderr}"
+    );
+}
