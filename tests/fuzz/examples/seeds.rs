@@ -527,4 +527,123 @@ fn main() {
     msix_table();
     http_request();
     vm_config();
+    virtio_blk();
+}
+
+// virtio_blk kinds.
+const V_CFG_WR: u8 = 0;
+const V_BAR_WR: u8 = 2;
+const V_BAR_RD: u8 = 3;
+const V_MEM: u8 = 4;
+const V_NOTIFY: u8 = 5;
+const V_WAIT: u8 = 6;
+
+fn v_cfg(off: u32, width: usize, v: u64) -> Op {
+    Op::new(V_CFG_WR, width, off, v)
+}
+
+fn v_bar(bar: u8, off: u32, width: usize, v: u64) -> Op {
+    let sel = if bar == 2 { 1 << 16 } else { 0 };
+    Op::new(V_BAR_WR, width, off | sel, v)
+}
+
+fn v_mem(addr: u32, v: u64) -> Op {
+    Op::new(V_MEM, 8, addr, v)
+}
+
+/// A split-ring descriptor at index `i` of the table at 0x1000.
+fn v_desc(i: u32, addr: u64, len: u32, flags: u16, next: u16) -> [Op; 2] {
+    let meta = u64::from(len) | u64::from(flags) << 32 | u64::from(next) << 48;
+    [v_mem(0x1000 + 16 * i, addr), v_mem(0x1008 + 16 * i, meta)]
+}
+
+/// Linux's bring-up: memory decoding, ACK, DRIVER, features, FEATURES_OK, queue 0 at
+/// 0x1000/0x2000/0x3000 (16 entries, vector 1), DRIVER_OK.
+fn v_bring_up(features_lo: u64) -> Vec<Op> {
+    vec![
+        v_cfg(0x04, 2, 0x0006),
+        v_bar(0, 0x14, 1, 0),
+        v_bar(0, 0x14, 1, 1),
+        v_bar(0, 0x14, 1, 3),
+        v_bar(0, 0x00, 4, 1),
+        Op::new(V_BAR_RD, 4, 0x04, 0),
+        v_bar(0, 0x08, 4, 0),
+        v_bar(0, 0x0c, 4, features_lo),
+        v_bar(0, 0x08, 4, 1),
+        v_bar(0, 0x0c, 4, 1),
+        v_bar(0, 0x14, 1, 0xb),
+        v_bar(0, 0x16, 2, 0),
+        v_bar(0, 0x18, 2, 16),
+        v_bar(0, 0x1a, 2, 1),
+        v_bar(0, 0x10, 2, 0),
+        v_bar(0, 0x20, 4, 0x1000),
+        v_bar(0, 0x28, 4, 0x2000),
+        v_bar(0, 0x30, 4, 0x3000),
+        v_bar(0, 0x1c, 2, 1),
+        v_bar(0, 0x14, 1, 0xf),
+    ]
+}
+
+/// Request `n` (0-based) of `kind` at `sector` with one 512-byte data buffer.
+fn v_request(n: u16, kind: u64, sector: u64, data_flags: u16) -> Vec<Op> {
+    let mut ops = vec![v_mem(0x8000, kind), v_mem(0x8008, sector)];
+    ops.extend(v_desc(0, 0x8000, 16, 1, 1));
+    ops.extend(v_desc(1, 0x9000, 512, 1 | data_flags, 2));
+    ops.extend(v_desc(2, 0x8100, 1, 2, 0));
+    // avail: flags 0, idx n + 1, ring[n] = 0 (ring entries start zeroed).
+    ops.push(v_mem(0x2000, u64::from(n + 1) << 16));
+    ops.push(Op::new(V_NOTIFY, 1, 0, 0));
+    ops.push(Op::new(V_WAIT, 1, 0, 0));
+    ops
+}
+
+fn virtio_blk() {
+    let t = "virtio_blk";
+    const FEATURES: u64 = 0x244; // SEG_MAX, BLK_SIZE, FLUSH
+    let mut rw = v_bring_up(FEATURES);
+    rw.push(v_mem(0x9000, 0x1122_3344_5566_7788));
+    rw.extend(v_request(0, 1, 3, 0));
+    rw.extend(v_request(1, 0, 3, 2));
+    rw.extend(v_request(2, 8, 0, 2)); // GET_ID
+    rw.extend(v_request(3, 4, 0, 0)); // FLUSH
+    rw.push(Op::new(V_BAR_RD, 1, 0x1000, 0)); // ISR
+    write(t, "write-read-id-flush", &encode(&[], &rw));
+
+    // MSI-X on (function masked while the table is written, as Linux does), then a request.
+    let mut msix = vec![v_cfg(0x04, 2, 0x0006), v_cfg(0x9a, 2, 0xc000)];
+    for e in 0..2u32 {
+        msix.push(v_bar(2, 16 * e, 4, 0xfee0_0000));
+        msix.push(v_bar(2, 16 * e + 8, 4, 0x40 + u64::from(e)));
+        msix.push(v_bar(2, 16 * e + 12, 4, 0));
+    }
+    msix.push(v_cfg(0x9a, 2, 0x8000));
+    msix.extend(v_bring_up(FEATURES));
+    msix.extend(v_request(0, 0, 1, 2));
+    msix.push(v_bar(2, 12 + 16, 4, 1)); // mask the queue's vector
+    msix.extend(v_request(1, 0, 2, 2));
+    msix.push(Op::new(V_BAR_RD, 8, 0x800 | 1 << 16, 0)); // PBA
+    write(t, "msix", &encode(&[], &msix));
+
+    // Read-only disk with INTx (3 trailing bytes): a refused write, the ISR, a reset.
+    let mut ro = v_bring_up(FEATURES | 0x20);
+    ro.extend(v_request(0, 1, 0, 0));
+    ro.push(Op::new(V_BAR_RD, 1, 0x1000, 0));
+    ro.push(v_bar(0, 0x14, 1, 0));
+    ro.extend(v_bring_up(FEATURES | 0x20));
+    let mut bytes = encode(&[], &ro);
+    bytes.extend_from_slice(&[0, 0, 0]);
+    write(t, "readonly-intx-reset", &bytes);
+
+    // BAR 0 moved while the device runs, then the PCI_CFG window reads num_queues.
+    let mut mv = v_bring_up(FEATURES);
+    mv.extend([
+        v_cfg(0x10, 4, 0xd000_0004),
+        v_cfg(0x14, 4, 0),
+        v_cfg(0x88, 1, 0),
+        v_cfg(0x8c, 4, 0x12),
+        v_cfg(0x90, 4, 2),
+        Op::new(1, 4, 0x94, 0),
+    ]);
+    mv.extend(v_request(0, 0, 0, 2));
+    write(t, "bar-move-window", &encode(&[], &mv));
 }

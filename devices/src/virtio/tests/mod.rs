@@ -46,6 +46,8 @@ pub struct Driver {
     pub caps: BTreeMap<u8, Cap>,
     pub msix_cap: Option<u16>,
     pub notify_mult: u32,
+    /// Notify by a trapped BAR write (true) or leave it to the caller (an ioeventfd).
+    pub trap_notify: bool,
     next_desc: u16,
     avail_idx: u16,
 }
@@ -86,6 +88,7 @@ impl Driver {
             caps: BTreeMap::new(),
             msix_cap: None,
             notify_mult: 0,
+            trap_notify: true,
             next_desc: 0,
             avail_idx: 0,
         };
@@ -224,7 +227,9 @@ impl Driver {
         self.mem
             .write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
             .unwrap();
-        self.write(2, 0, 2, 0); // notify queue 0 (traps: no real ioeventfd here)
+        if self.trap_notify {
+            self.write(2, 0, 2, 0); // notify queue 0
+        }
         head
     }
 

@@ -248,6 +248,21 @@ fn ioeventfds_follow_bar0() {
     moved.addr = 0x2_0000_0000;
     d.dev.bar_mapped(&moved).unwrap();
     assert_eq!(at(&d), [moved.addr + 0x3000]);
+    // The ioeventfd is queue 0's notifier: signalling it, as KVM does on the guest's
+    // write, gets the request served.
+    d.start();
+    // The worker's first look at the ring (it serves what was there at start) is over.
+    std::thread::sleep(Duration::from_millis(20));
+    d.trap_notify = false;
+    d.header(super::BUFS, FLUSH, 0);
+    d.submit(&[
+        (super::BUFS, 16, 0),
+        (super::BUFS + 0x100, 1, super::F_WRITE),
+    ]);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(d.used_idx(), 0, "no notify, no service");
+    signal(d.svc.ioevents.state()[&(moved.addr + 0x3000)]);
+    d.wait_used(0);
     // Dropping the device takes them out.
     drop(d.dev);
     assert!(d.svc.ioevents.state().is_empty());
