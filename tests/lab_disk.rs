@@ -13,13 +13,16 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use zhitong_tests::disk::{self, RootDisk};
-use zhitong_tests::{workspace_root, Case, CaseResult, Lab, LabRun};
+use zhitong_tests::{workspace_root, Case, CaseResult, Lab, LabRun, DEFAULT_CMDLINE};
 
 const ROOT_MIB: u64 = 64;
 const RO_BYTES: usize = 1 << 20;
 const SERIAL: &str = "zt-root-0001";
 const HELLO: &str = "hello from the L2 root disk";
 const BIG_BYTES: u64 = 8 << 20;
+/// On L2's command line: the disk's init flushes a block to vdc and waits to be stopped.
+const HOLD: &str = "zt_hold";
+const FLUSHED: &str = "flushed by L2 before its VMM was stopped";
 
 /// The disk's init, after the root marker (see RootDisk): vda is the root, vdb read-only.
 fn root_disk() -> RootDisk {
@@ -39,6 +42,13 @@ fn root_disk() -> RootDisk {
             "echo \"L2: read_mib_s=$(mib_s 32 dd if=/dev/vda of=/dev/null bs=1M count=32 \
              iflag=direct)\"",
         )
+        // The hold cases: a block on vdc written and flushed (O_DIRECT + fsync: a FLUSH),
+        // then the guest waits to be stopped from outside.
+        .line(&format!(
+            "if grep -q {HOLD} /proc/cmdline; then printf '{FLUSHED}' >/tmp/b; truncate -s 4096 /tmp/b; \
+             dd if=/tmp/b of=/dev/vdc bs=4096 count=1 oflag=direct conv=fsync 2>/dev/null \
+             && echo 'L2: flushed'; sleep 100000; fi"
+        ))
         .line("echo \"L2: vdb_ro=$(cat /sys/block/vdb/ro 2>/dev/null)\"")
         .line("echo \"L2: vdb_md5=$(md5sum < /dev/vdb | cut -d' ' -f1)\"")
         .line(
@@ -52,6 +62,8 @@ fn root_disk() -> RootDisk {
 struct Images {
     root: PathBuf,
     ro: PathBuf,
+    /// 1 MiB of zeros, the hold cases' vdc.
+    scratch: PathBuf,
     ro_md5: String,
 }
 
@@ -65,8 +77,15 @@ fn images() -> &'static Images {
             .build(&root)
             .expect("building the ext4 root image");
         let ro = dir.join("ro.img");
+        let scratch = dir.join("scratch.img");
+        std::fs::write(&scratch, vec![0u8; 1 << 20]).expect("the scratch image");
         let ro_md5 = disk::pattern_image(&ro, RO_BYTES).expect("the read-only image");
-        Images { root, ro, ro_md5 }
+        Images {
+            root,
+            ro,
+            scratch,
+            ro_md5,
+        }
     })
 }
 
@@ -91,6 +110,31 @@ fn disk_case(lab: Lab, base: Case, name: &str) -> Lab {
         .case(case)
 }
 
+/// The case `name`: the disk's init flushes a block to a third disk and waits; `stop` ends
+/// the VMM from outside (a signal, its --timeout). L1 then reads the block from the image.
+fn hold_case(lab: Lab, name: &str, stop: impl FnOnce(Case) -> Case) -> Lab {
+    let (root, ro, scratch) = (
+        format!("/disks/{name}-root.img"),
+        format!("/disks/{name}-ro.img"),
+        format!("/disks/{name}-scratch.img"),
+    );
+    let case = Case::new(name)
+        .cmdline(&format!("{DEFAULT_CMDLINE} {HOLD}"))
+        .guest(disk::stage1())
+        .disk(&root, false, None)
+        .disk(&ro, true, None)
+        .disk(&scratch, false, None)
+        .after(&format!(
+            "echo \"L1: scratch=$(head -c {} {scratch})\"",
+            FLUSHED.len()
+        ))
+        .timeout(Duration::from_secs(150));
+    lab.disk_image(&root, &images().root)
+        .disk_image(&ro, &images().ro)
+        .disk_image(&scratch, &images().scratch)
+        .case(stop(case))
+}
+
 fn lab() -> &'static LabRun {
     static RUN: OnceLock<Result<LabRun, String>> = OnceLock::new();
     let run = RUN.get_or_init(|| {
@@ -100,6 +144,12 @@ fn lab() -> &'static LabRun {
             .timeout(Duration::from_secs(400));
         let lab = disk_case(lab, Case::qemu_l1("qemu-disk"), "qemu-disk");
         let lab = disk_case(lab, Case::new("zhitong-disk"), "zhitong-disk");
+        let lab = hold_case(lab, "zhitong-disk-term", |c| {
+            c.stop_with("TERM", "L2: flushed")
+        });
+        let lab = hold_case(lab, "zhitong-disk-timeout", |c| {
+            c.args(["--timeout", "25s"])
+        });
         let run = lab.run().map_err(|e| e.to_string())?;
         eprintln!(
             "lab_disk: L0 run took {:.1} s (boots: {})",
@@ -278,4 +328,25 @@ fn zhitong_serial_reads_back() {
 #[test]
 fn zhitong_throughput_is_reported() {
     report_throughput(lab().case("zhitong-disk"));
+}
+
+/// A block the guest flushed is in the image when the VM ends by SIGTERM (exit 143), and by its
+/// --timeout (exit 124).
+#[test]
+fn zhitong_flushed_writes_survive_sigterm_and_timeout() {
+    for (name, want_rc) in [("zhitong-disk-term", 143), ("zhitong-disk-timeout", 124)] {
+        let c = lab().case(name);
+        c.check(c.has_marker("flushed"), "L2 did not flush its block to vdc");
+        c.check(
+            c.rc == Some(want_rc),
+            &format!("exit status {:?}, want {want_rc}", c.rc),
+        );
+        c.check(
+            c.l1_marker("scratch") == Some(FLUSHED),
+            &format!(
+                "vdc's first block in the image: {:?}, want {FLUSHED:?}",
+                c.l1_marker("scratch")
+            ),
+        );
+    }
 }

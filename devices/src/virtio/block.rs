@@ -32,17 +32,17 @@ pub const QUEUE_SIZE: u16 = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
-    #[error("disk image {0}: no such file")]
+    #[error("disk image {0}: no such file; check the path")]
     NotFound(PathBuf),
-    #[error("disk image {0}: is a directory")]
+    #[error("disk image {0} is a directory; give a raw image file or a block device")]
     IsDirectory(PathBuf),
-    #[error("disk image {0}: not a regular file or block device")]
+    #[error("disk image {0} is not a regular file or block device; give a raw image file or a block device")]
     NotAFileOrBlockDevice(PathBuf),
-    #[error("disk image {0}: permission denied")]
+    #[error("disk image {0}: permission denied; make it readable (and writable unless readonly=on) by the user zhitong runs as")]
     PermissionDenied(PathBuf),
     #[error("disk image {0}: cannot be opened for writing (read-only file or file system); use readonly=on")]
     ReadOnly(PathBuf),
-    #[error("disk image {0}: in use by another process (locked)")]
+    #[error("disk image {0} is in use by another process (it holds a lock on it); stop that process, or give another image")]
     Locked(PathBuf),
     #[error("disk image {path}: serial {serial:?} is {len} bytes, at most 20 allowed")]
     SerialTooLong {

@@ -85,6 +85,68 @@ pub fn more_msi(lab: Lab, flavour: Flavour) -> Lab {
         passthrough(Vmm::Zhitong, "testdev-bus-reset", &TESTDEV, testdev_guest())
             .env("ZHITONG_LOG", "info"),
     )
+    // A passed-through GPU and a virtio-blk disk in one VM: one PCI root, one GSI routing
+    // table, both on MSI-X.
+    .disk_image(GPU_DISK, &gpu_disk_image().0)
+    .case(
+        passthrough(Vmm::Zhitong, "gpu-disk", &[GPU.bdf], gpu_disk_guest()).disk(
+            GPU_DISK,
+            true,
+            Some("zt-data"),
+        ),
+    )
+}
+
+/// The gpu-disk case's read-only data disk in L1.
+const GPU_DISK: &str = "/disks/gpu-data.img";
+
+/// The data disk on L0 and its md5.
+fn gpu_disk_image() -> &'static (std::path::PathBuf, String) {
+    static IMAGE: std::sync::OnceLock<(std::path::PathBuf, String)> = std::sync::OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let dir = crate::workspace_root().join("target/lab-out/disk-images");
+        std::fs::create_dir_all(&dir).expect("target/lab-out/disk-images");
+        let path = dir.join("gpu-data.img");
+        let md5 = crate::disk::pattern_image(&path, 1 << 20).expect("the gpu-disk image");
+        (path, md5)
+    })
+}
+
+/// The GPU draws; the disk reads back (md5), with its serial and its interrupt kind.
+fn gpu_disk_guest() -> Guest {
+    guest(
+        &["virtio_pci", "virtio_gpu", "virtio_blk"],
+        &[
+            format!("display_test gpu {} {}", GPU.find(), GPU.id),
+            "echo \"L2: vda_md5=$(md5sum < /dev/vda | cut -d' ' -f1)\"".into(),
+            "echo \"L2: vda_serial=$(cat /sys/block/vda/serial)\"".into(),
+            "echo \"L2: vda_irqs=$(grep -c 'virtio.*-req' /proc/interrupts)\"".into(),
+        ],
+    )
+}
+
+/// A GPU passed through and a virtio disk in one VM: the GPU draws and interrupts (MSI-X),
+/// the disk reads back what L0 wrote, on an MSI-X vector of its own.
+pub fn a_passed_through_gpu_and_a_virtio_disk_share_the_vm(msi: &VfioRun) {
+    let run = &msi.run;
+    assert_display(run, "gpu-disk", VIRTIO_GPU);
+    let c = run.case("gpu-disk");
+    let want = &gpu_disk_image().1;
+    c.check(
+        c.marker("vda_md5") == Some(want.as_str()),
+        &format!("vda read as md5 {:?}, want {want}", c.marker("vda_md5")),
+    );
+    c.check(
+        c.marker("vda_serial") == Some("zt-data"),
+        &format!("vda's serial {:?}", c.marker("vda_serial")),
+    );
+    c.check(
+        c.marker_u64("vda_irqs").is_some_and(|n| n >= 1),
+        &format!(
+            "virtio-blk request vectors in /proc/interrupts: {:?}",
+            c.marker("vda_irqs")
+        ),
+    );
 }
 
 /// Two functions of one device below a PCIe root port, neither with a reset of its own
@@ -315,6 +377,11 @@ macro_rules! zhitong_vfio_suite {
         #[test]
         fn dma_mapping_beside_the_boot_gates_bus_mastering() {
             $crate::vfio::zhitong::dma_mapping_beside_the_boot_gates_bus_mastering(msi());
+        }
+
+        #[test]
+        fn a_passed_through_gpu_and_a_virtio_disk_share_the_vm() {
+            $crate::vfio::zhitong::a_passed_through_gpu_and_a_virtio_disk_share_the_vm(msi());
         }
 
         #[test]
