@@ -30,6 +30,10 @@ fn root_disk() -> RootDisk {
         .size_mib(ROOT_MIB)
         .line("echo \"L2: vda_serial=$(cat /sys/block/vda/serial 2>/dev/null)\"")
         .line("echo \"L2: vda_sectors=$(cat /sys/block/vda/size)\"")
+        // "PCI-MSIX-0000:00:01.0" or "IO-APIC": how the first virtio device interrupts.
+        .line(
+            "echo \"L2: virtio_irq_chip=$(grep -m1 virtio /proc/interrupts | tr -s ' ' | cut -d' ' -f4)\"",
+        )
         .line(&format!(
             "echo '{HELLO}' > /hello && sync && echo 'L2: hello=written'"
         ))
@@ -144,6 +148,9 @@ fn lab() -> &'static LabRun {
             .timeout(Duration::from_secs(400));
         let lab = disk_case(lab, Case::qemu_l1("qemu-disk"), "qemu-disk");
         let lab = disk_case(lab, Case::new("zhitong-disk"), "zhitong-disk");
+        // No MSI in the guest: the disks interrupt through INTx (an IOAPIC pin, resampled).
+        let intx = Case::new("zhitong-disk-intx").cmdline(&format!("{DEFAULT_CMDLINE} pci=nomsi"));
+        let lab = disk_case(lab, intx, "zhitong-disk-intx");
         let lab = hold_case(lab, "zhitong-disk-term", |c| {
             c.stop_with("TERM", "L2: flushed")
         });
@@ -349,4 +356,30 @@ fn zhitong_flushed_writes_survive_sigterm_and_timeout() {
             ),
         );
     }
+}
+
+/// With MSI-X the disks interrupt through it; without (pci=nomsi) through INTx, and the
+/// whole disk workload still runs (a lost interrupt would hang it).
+#[test]
+fn zhitong_disks_interrupt_by_msix_or_intx() {
+    let msix = lab().case("zhitong-disk");
+    msix.check(
+        msix.marker("virtio_irq_chip")
+            .is_some_and(|c| c.starts_with("PCI-MSIX")),
+        &format!(
+            "interrupt chip {:?}, want PCI-MSIX",
+            msix.marker("virtio_irq_chip")
+        ),
+    );
+    let intx = lab().case("zhitong-disk-intx");
+    assert_booted_from_disk(intx);
+    assert_writes_in_the_image(intx);
+    assert_readonly_disk(intx);
+    intx.check(
+        intx.marker("virtio_irq_chip") == Some("IO-APIC"),
+        &format!(
+            "interrupt chip {:?}, want IO-APIC",
+            intx.marker("virtio_irq_chip")
+        ),
+    );
 }

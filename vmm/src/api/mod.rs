@@ -93,6 +93,9 @@ struct VmInfo<'a> {
     /// Milestones in boot order, as `--timings` prints them.
     timeline: &'a Timeline,
     devices: Vec<String>,
+    /// The virtio disks in guest order (vda first), in `--disk`'s form; absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    disks: Vec<String>,
 }
 
 /// The body of the replies that only show the state (pause, resume, reboot).
@@ -156,6 +159,7 @@ pub fn respond(req: &Request, vm: &dyn VmControl, config: &VmConfig) -> Response
                     config,
                     timeline: &timeline,
                     devices: config.devices.iter().map(|d| d.to_string()).collect(),
+                    disks: config.disks.iter().map(|d| d.to_string()).collect(),
                 },
             )
         }
@@ -407,6 +411,24 @@ mod tests {
                \"kernel_loaded_ms\":null,\"devices_ready_ms\":null,\"first_vcpu_entry_ms\":null,\
                \"dma_mapped_ms\":null,\"guest_marker_ms\":null,\"exit_ms\":null},\"devices\":[\"0000:01:00.0\"]}";
         assert_eq!(r.body, want);
+        // Disks, when there are, follow the devices.
+        let with_disk = config().disk("path=/img/root.ext4,serial=r".parse().unwrap());
+        let r = respond(
+            &Request {
+                method: "GET".into(),
+                path: "/vm".into(),
+                body: Vec::new(),
+            },
+            &vm,
+            &with_disk,
+        );
+        assert!(
+            r.body.ends_with(
+                r#""devices":["0000:01:00.0"],"disks":["path=/img/root.ext4,serial=r"]}"#
+            ),
+            "{}",
+            r.body
+        );
         // The config in GET /vm is the VmConfig JSON: it reads back.
         let back: VmConfig = serde_json::from_value(v["config"].clone()).unwrap();
         assert_eq!(back, config());
