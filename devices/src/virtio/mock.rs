@@ -48,6 +48,8 @@ impl IoEventRegistrar for MockIoEvents {
 pub struct ThreadSpawner {
     pub live: Arc<AtomicUsize>,
     pub spawned: AtomicUsize,
+    /// The kind of every worker spawned, in order.
+    pub kinds: Mutex<Vec<WorkerKind>>,
 }
 
 impl ThreadSpawner {
@@ -63,7 +65,7 @@ impl WorkerSpawner for ThreadSpawner {
         kind: WorkerKind,
         body: Box<dyn FnOnce() + Send>,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
-        assert_eq!(kind, WorkerKind::VirtioBlock);
+        self.kinds.lock().unwrap().push(kind);
         let live = self.live.clone();
         live.fetch_add(1, Ordering::SeqCst);
         self.spawned.fetch_add(1, Ordering::SeqCst);
