@@ -50,6 +50,8 @@ pub struct ThreadSpawner {
     pub spawned: AtomicUsize,
     /// The kind of every worker spawned, in order.
     pub kinds: Mutex<Vec<WorkerKind>>,
+    /// Their thread ids (as /proc/self/task names them), in order.
+    pub tids: Arc<Mutex<Vec<i32>>>,
 }
 
 impl ThreadSpawner {
@@ -69,7 +71,10 @@ impl WorkerSpawner for ThreadSpawner {
         let live = self.live.clone();
         live.fetch_add(1, Ordering::SeqCst);
         self.spawned.fetch_add(1, Ordering::SeqCst);
+        let tids = self.tids.clone();
         std::thread::Builder::new().name(name).spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tids.lock().unwrap().push(unsafe { libc::gettid() });
             body();
             live.fetch_sub(1, Ordering::SeqCst);
         })

@@ -296,6 +296,33 @@ fn without_buffers_a_frame_waits_for_the_guest() {
     assert_eq!(u16::from_le_bytes([got[10], got[11]]), 2);
 }
 
+/// CPU time (user + system, in clock ticks) of thread `tid` of this process.
+fn cpu_ticks(tid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+    // After the command name in parentheses: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn a_frame_waiting_for_buffers_does_not_spin_the_worker() {
+    let mut n = Net::start(0);
+    n.send_peer(&frame(6, 100));
+    std::thread::sleep(Duration::from_millis(20));
+    let tid = *n.d.svc.spawner.tids.lock().unwrap().last().unwrap();
+    let before = cpu_ticks(tid);
+    std::thread::sleep(Duration::from_millis(500));
+    let spent = cpu_ticks(tid) - before;
+    // A spinning poll would take the whole 50 ticks.
+    assert!(
+        spent <= 5,
+        "the worker used {spent} ticks while the frame waited"
+    );
+    n.submit(0, &[(RX_BUF, 2048, F_WRITE)]);
+    assert_eq!(n.wait_used(0, 0).1, 112);
+}
+
 #[test]
 fn bad_transmit_chains_are_completed_empty() {
     let mut n = Net::start(0);
