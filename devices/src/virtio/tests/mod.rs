@@ -4,6 +4,7 @@
 
 mod block;
 mod net;
+mod net_driver;
 mod transport;
 
 use std::collections::BTreeMap;
