@@ -365,9 +365,9 @@ fn zhitong_disks_interrupt_by_msix_or_intx() {
     let msix = lab().case("zhitong-disk");
     msix.check(
         msix.marker("virtio_irq_chip")
-            .is_some_and(|c| c.starts_with("PCI-MSIX")),
+            .is_some_and(|c| c.starts_with("PCI-MSI")),
         &format!(
-            "interrupt chip {:?}, want PCI-MSIX",
+            "interrupt chip {:?}, want PCI-MSI* (6.1 names MSI-X so too: virtio offers only MSI-X)",
             msix.marker("virtio_irq_chip")
         ),
     );

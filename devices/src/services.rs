@@ -99,4 +99,7 @@ pub enum WorkerKind {
     /// A virtio-blk queue: polls eventfds, preads/pwrites/fdatasyncs one file, touches guest
     /// RAM.
     VirtioBlock,
+    /// virtio-net's two queues: polls eventfds and the tap, reads and writes frames on the
+    /// tap (read/write only, no ioctl), touches guest RAM.
+    VirtioNet,
 }

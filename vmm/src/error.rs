@@ -79,6 +79,13 @@ pub enum Error {
         #[source]
         source: devices::virtio::BlockError,
     },
+    /// `nets[index]`'s tap did not open; the device's error names the tap and the fix.
+    #[error("nets[{index}]: {source}")]
+    Net {
+        index: usize,
+        #[source]
+        source: devices::virtio::NetError,
+    },
     #[error("disk image {path} is given twice (disks[{first}] and disks[{second}]) and not read-only in both; give it once, or readonly=on in each")]
     DiskTwice {
         path: String,
@@ -119,7 +126,8 @@ impl Error {
             | Error::Preflight(_)
             | Error::BadDevice(_)
             | Error::Disk { .. }
-            | Error::DiskTwice { .. } => 2,
+            | Error::DiskTwice { .. }
+            | Error::Net { .. } => 2,
             Error::Boot(e) => match e {
                 BootError::GuestMemory(_) => 1,
                 _ => 2,

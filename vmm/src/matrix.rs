@@ -14,6 +14,7 @@
 //! kernel = { path = "vmlinuz", initramfs = "boots.img", cmdline = "quiet" }
 //! machine = { vcpus = 2, memory = "1G" }
 //! disks = ["path=root.ext4", "path=data.raw,readonly=on"]
+//! nets = ["tap=zt0"]
 //! ```
 //!
 //! Relative kernel, initramfs and disk paths are taken from the matrix file's directory. This is
@@ -24,7 +25,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::config::{file, KernelConfig, MachineConfig, VfioBackend, DEFAULT_BOOT_TIMEOUT};
-use crate::config::{DeviceConfig, DiskConfig};
+use crate::config::{DeviceConfig, DiskConfig, NetConfig};
 use crate::VmConfig;
 use serde::Deserialize;
 
@@ -56,6 +57,8 @@ struct CaseFile {
     devices: Vec<DeviceConfig>,
     #[serde(default)]
     disks: Vec<DiskConfig>,
+    #[serde(default)]
+    nets: Vec<NetConfig>,
     #[serde(default = "default_boot_timeout", with = "file::duration")]
     boot_timeout: Option<Duration>,
     #[serde(default)]
@@ -130,6 +133,7 @@ pub fn parse(text: &str, dir: &Path) -> Result<Vec<MatrixCase>, String> {
                         ..d
                     })
                     .collect(),
+                nets: c.nets,
                 boot_timeout: c.boot_timeout,
                 timeout: c.timeout.or(file.timeout),
                 vfio_backend: c.vfio_backend.or(file.vfio_backend),

@@ -12,7 +12,9 @@ use arch::pci_windows::{guest_phys_bits, PciWindows};
 use crate::config::{host_ram_bytes, ConfigError, VmConfig};
 use crate::console::Console;
 use crate::control::{run_until_exit, ControlInputs};
-use crate::device_manager::{open_disks, DeviceManager, OpenedDisk, SlotRange, VmParts};
+use crate::device_manager::{
+    open_disks, open_nets, DeviceManager, OpenedDisk, OpenedNet, SlotRange, VmParts,
+};
 use crate::error::{Error, Result};
 use crate::exit::{panic_message, ExitChannel, VmExit};
 use crate::handle::{VmHandle, VmShared, VmState};
@@ -31,8 +33,8 @@ pub struct Vm {
     /// are opened through.
     passthrough: Vec<CheckedDevice>,
     backend: VfioBackend,
-    /// The disks' images, open and locked.
-    disks: Vec<OpenedDisk>,
+    /// The disks' images, open and locked; the network interfaces' taps, open.
+    virtio: (Vec<OpenedDisk>, Vec<OpenedNet>),
     console: Console,
     exit: Arc<ExitChannel>,
     timeline: Arc<Timeline>,
@@ -74,14 +76,14 @@ impl Vm {
         }
         boot::build_cmdline(&config.kernel.cmdline)?;
         let (passthrough, backend) = preflight(host, &config)?;
-        let disks = open_disks(&config.disks)?;
+        let virtio = (open_disks(&config.disks)?, open_nets(&config.nets)?);
         let seccomp = seccomp::Policy::new(config.security.seccomp)?;
         let exit = ExitChannel::with_seccomp(seccomp).map_err(Error::io("the exit event"))?;
         Ok(Self {
             config,
             passthrough,
             backend,
-            disks,
+            virtio,
             console,
             exit: Arc::new(exit),
             timeline: Arc::new(Timeline::new(start)),
@@ -98,7 +100,7 @@ impl Vm {
             config,
             passthrough,
             backend,
-            disks,
+            virtio,
             console,
             exit,
             timeline,
@@ -117,7 +119,13 @@ impl Vm {
                 // A panic unwinds through run_vm, whose locals release everything on the
                 // way out; it is then reported as how the VM ended.
                 let result = catch_unwind(AssertUnwindSafe(|| {
-                    run_vm(&config, (&passthrough, backend), disks, console, &vm_shared)
+                    run_vm(
+                        &config,
+                        (&passthrough, backend),
+                        virtio,
+                        console,
+                        &vm_shared,
+                    )
                 }))
                 .unwrap_or_else(|panic| {
                     Ok(VmExit::Panicked {
@@ -191,7 +199,7 @@ fn start_run_timer(exit: &Arc<ExitChannel>, limit: std::time::Duration) -> Resul
 fn run_vm(
     config: &VmConfig,
     (passthrough, backend): (&[CheckedDevice], VfioBackend),
-    disks: Vec<OpenedDisk>,
+    virtio: (Vec<OpenedDisk>, Vec<OpenedNet>),
     console: Console,
     shared: &VmShared,
 ) -> Result<VmExit> {
@@ -225,8 +233,8 @@ fn run_vm(
         timeline,
     };
     devices.attach_passthrough(&parts, passthrough, &config.devices, backend)?;
-    devices.attach_disks(&parts, disks, passthrough)?;
-    if devices.has_passthrough() || !config.disks.is_empty() {
+    devices.attach_virtio(&parts, virtio, passthrough)?;
+    if devices.has_passthrough() || !config.disks.is_empty() || !config.nets.is_empty() {
         timeline.mark(Milestone::DevicesReady);
     }
     if crate::faults::fail_after_devices() {

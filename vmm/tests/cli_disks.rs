@@ -155,3 +155,45 @@ fn a_read_only_file_needs_readonly_on() {
         "{stderr}"
     );
 }
+
+/// A tap another process holds open: one line naming it, exit 2. (Root with /dev/net/tun
+/// only: the test makes the tap itself; it goes away when the test's fd closes.)
+#[test]
+fn a_busy_tap_is_refused() {
+    // SAFETY: geteuid takes nothing and cannot fail.
+    if unsafe { libc::geteuid() } != 0 || !Path::new("/dev/net/tun").exists() {
+        eprintln!("a_busy_tap_is_refused: needs root and /dev/net/tun; skipped");
+        return;
+    }
+    let dir = scratch("tap");
+    let kernel = fake_kernel(&dir);
+    let tun = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .unwrap();
+    let name = format!("ztcli{}", std::process::id() % 100_000);
+    // struct ifreq: the name, then the flags (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR).
+    let mut ifr = [0u8; 40];
+    ifr[..name.len()].copy_from_slice(name.as_bytes());
+    ifr[16..18].copy_from_slice(&(0x0002u16 | 0x1000 | 0x4000).to_le_bytes());
+    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+    // SAFETY: TUNSETIFF reads and writes a struct ifreq, which `ifr` is big enough for.
+    let r = unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETIFF as _, ifr.as_mut_ptr()) };
+    assert_eq!(r, 0, "TUNSETIFF: {}", std::io::Error::last_os_error());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_zhitong"));
+    cmd.args(["run", "--kernel", kernel.to_str().unwrap()])
+        .args(["--net", &format!("tap={name}")]);
+    let out = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("tap {name}: busy: another process has it open")),
+        "{stderr}"
+    );
+}

@@ -121,6 +121,11 @@ impl CommonConfig {
         self.config_generation = generation;
     }
 
+    /// The features the driver accepted (only offered bits stick).
+    pub fn driver_features(&self) -> u64 {
+        self.driver_features
+    }
+
     /// Set DEVICE_NEEDS_RESET (the device hit an error the driver must recover from).
     pub fn set_needs_reset(&mut self) {
         self.status |= status::DEVICE_NEEDS_RESET;

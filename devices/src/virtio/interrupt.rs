@@ -121,6 +121,17 @@ impl Interrupts {
             intx_registered: false,
             intx_disabled: false,
         };
+        // The line is wired now, on the thread that builds the device: the worker that
+        // asserts it later may not register irqfds (its seccomp filter has no ioctl).
+        let mut state = state;
+        if let Some(intx) = &intx {
+            router
+                .register_irqfd_with_resample(&intx.trigger, &intx.resample, intx.gsi)
+                .map_err(|e| {
+                    std::io::Error::other(format!("{name}: INTx on GSI {}: {e}", intx.gsi))
+                })?;
+            state.intx_registered = true;
+        }
         Ok(Self {
             name,
             router,
@@ -224,20 +235,8 @@ impl Interrupts {
         let Some(intx) = &self.intx else {
             return;
         };
-        if s.intx_disabled {
+        if s.intx_disabled || !s.intx_registered {
             return;
-        }
-        if !s.intx_registered {
-            match self
-                .router
-                .register_irqfd_with_resample(&intx.trigger, &intx.resample, intx.gsi)
-            {
-                Ok(()) => s.intx_registered = true,
-                Err(e) => {
-                    crate::limited!(warn, "{}: INTx on GSI {}: {e}", self.name, intx.gsi);
-                    return;
-                }
-            }
         }
         if let Err(e) = intx.trigger.write(1) {
             crate::limited!(warn, "{}: asserting INTx: {e}", self.name);
@@ -321,6 +320,14 @@ impl Interrupts {
                 }
             }
         }
+    }
+}
+
+impl Drop for Interrupts {
+    /// What `new` wired is unwired even when the device was never completed (teardown is
+    /// idempotent: the device's own drop may have run it).
+    fn drop(&mut self) {
+        self.teardown();
     }
 }
 

@@ -48,6 +48,10 @@ impl IoEventRegistrar for MockIoEvents {
 pub struct ThreadSpawner {
     pub live: Arc<AtomicUsize>,
     pub spawned: AtomicUsize,
+    /// The kind of every worker spawned, in order.
+    pub kinds: Mutex<Vec<WorkerKind>>,
+    /// Their thread ids (as /proc/self/task names them), in order.
+    pub tids: Arc<Mutex<Vec<i32>>>,
 }
 
 impl ThreadSpawner {
@@ -63,11 +67,14 @@ impl WorkerSpawner for ThreadSpawner {
         kind: WorkerKind,
         body: Box<dyn FnOnce() + Send>,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
-        assert_eq!(kind, WorkerKind::VirtioBlock);
+        self.kinds.lock().unwrap().push(kind);
         let live = self.live.clone();
         live.fetch_add(1, Ordering::SeqCst);
         self.spawned.fetch_add(1, Ordering::SeqCst);
+        let tids = self.tids.clone();
         std::thread::Builder::new().name(name).spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tids.lock().unwrap().push(unsafe { libc::gettid() });
             body();
             live.fetch_sub(1, Ordering::SeqCst);
         })

@@ -12,11 +12,14 @@
 //!   hands the device the [`WorkerSpawner`] of its [`VirtioServices`] in
 //!   [`VirtioPciDevice::new`], as `activate` has no place for it. A device that needs one
 //!   and has none fails activation with [`VirtioError::NoSpawner`].
+//! - [`VirtioDevice::ack_features`] (provided, a no-op by default): the transport tells the
+//!   device the features the driver accepted right before `activate` (virtio-net sets the
+//!   tap's offloads from them).
 //!
 //! Layout: `pci.rs` is the PCI function (config space, BARs), `caps.rs` the virtio vendor
 //! capabilities and the PCI_CFG access window, `common.rs` the common configuration
 //! structure (feature negotiation, status state machine, queue setup), `interrupt.rs` MSI-X
-//! and INTx, `notify.rs` the ioeventfds; `block.rs` is virtio-blk.
+//! and INTx, `notify.rs` the ioeventfds; `block.rs` is virtio-blk, `net.rs` virtio-net.
 
 use std::sync::Arc;
 
@@ -31,12 +34,14 @@ mod common;
 mod interrupt;
 #[cfg(any(test, feature = "mock"))]
 pub mod mock;
+pub mod net;
 mod notify;
 mod pci;
 #[cfg(test)]
 mod tests;
 
 pub use block::{BlockError, VirtioBlock};
+pub use net::{stable_mac, NetError, NetStats, VirtioNet};
 pub use pci::VirtioPciDevice;
 
 /// Virtio device type ids (virtio spec 5).
@@ -101,6 +106,11 @@ pub trait VirtioDevice: Send {
     fn set_worker_spawner(&mut self, spawner: Arc<dyn WorkerSpawner>) {
         let _ = spawner;
     }
+    /// The features the driver accepted (a subset of [`VirtioDevice::features`] plus
+    /// [`VIRTIO_F_VERSION_1`]), told just before [`VirtioDevice::activate`].
+    fn ack_features(&mut self, features: u64) {
+        let _ = features;
+    }
     /// The driver set DRIVER_OK: start serving `queues` (those the driver enabled).
     fn activate(
         &mut self,
@@ -134,4 +144,10 @@ pub enum VirtioError {
     NoSpawner,
     #[error("cannot start the worker thread: {0}")]
     Spawn(#[source] std::io::Error),
+    #[error("{what}: {source}")]
+    Backend {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
 }

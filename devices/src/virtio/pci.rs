@@ -185,8 +185,10 @@ impl VirtioPciDevice {
             });
         }
         let interrupt: Arc<dyn VirtioInterrupt> = self.interrupts.clone();
-        let result =
-            result.and_then(|()| self.device.activate(self.mem.clone(), queues, interrupt));
+        let result = result.and_then(|()| {
+            self.device.ack_features(self.common.driver_features());
+            self.device.activate(self.mem.clone(), queues, interrupt)
+        });
         match result {
             Ok(()) => self.active = true,
             Err(e) => {

@@ -521,7 +521,122 @@ fn vm_config() {
     }
 }
 
+// virtio_net kinds and descriptor flags.
+const DESC: u8 = 0;
+const AVAIL: u8 = 1;
+const FRAME: u8 = 2;
+const TX: u8 = 3;
+const RX: u8 = 4;
+const RAW: u8 = 5;
+const D_NEXT: u32 = 1;
+const D_WRITE: u32 = 2;
+const D_INDIRECT: u32 = 4;
+
+fn desc(q: u32, idx: u32, gaddr: u64, len: u32, flags: u32, next: u32) -> Op {
+    Op::new(
+        DESC,
+        8,
+        q | idx << 8 | flags << 16 | next << 24,
+        gaddr << 32 | u64::from(len),
+    )
+}
+
+fn avail(q: u32, head: u32) -> Op {
+    Op::new(AVAIL, 8, q | head << 8, 0)
+}
+
+fn frame(len: u64, pattern: u32) -> Op {
+    Op::new(FRAME, 8, pattern, len)
+}
+
+fn virtio_net() {
+    let t = "virtio_net";
+    // Queues of 256, mergeable buffers: Linux posts 1536-byte buffers, frames of one, two
+    // and three buffers arrive, then the guest sends a frame (header in its own descriptor).
+    let mut ops = Vec::new();
+    for i in 0..4u32 {
+        ops.push(desc(0, i, 0x8000 + 0x800 * u64::from(i), 1536, D_WRITE, 0));
+        ops.push(avail(0, i));
+    }
+    ops.extend([
+        frame(72, 1),
+        frame(1512, 2),
+        frame(3000, 3),
+        Op::new(RX, 8, 0, 0),
+    ]);
+    ops.extend([
+        desc(1, 0, 0x20000, 12, D_NEXT, 1),
+        desc(1, 1, 0x20100, 1500, 0, 0),
+        avail(1, 0),
+        Op::new(TX, 8, 0, 0),
+        // A frame waits for buffers, then gets them.
+        frame(200, 4),
+        Op::new(RX, 8, 0, 0),
+        desc(0, 4, 0x30000, 4096, D_WRITE, 0),
+        avail(0, 4),
+        Op::new(RX, 8, 0, 0),
+    ]);
+    write(
+        t,
+        "linux-mrg",
+        &encode(&[8, 8, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], &ops),
+    );
+
+    // No mergeable buffers, small queues: one big receive buffer in three descriptors, a
+    // frame too big for a small one.
+    let ops = vec![
+        desc(0, 0, 0x8000, 12, D_WRITE | D_NEXT, 1),
+        desc(0, 1, 0x9000, 30000, D_WRITE | D_NEXT, 2),
+        desc(0, 2, 0x18000, 35550, D_WRITE, 0),
+        avail(0, 0),
+        frame(65562, 5),
+        Op::new(RX, 8, 0, 0),
+        desc(0, 3, 0x30000, 100, D_WRITE, 0),
+        avail(0, 3),
+        frame(500, 6),
+        frame(50, 7),
+        Op::new(RX, 8, 0, 0),
+    ];
+    write(
+        t,
+        "single-buffers",
+        &encode(&[4, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], &ops),
+    );
+
+    // Broken chains both ways: writable transmit data, a loop, an indirect table, a head
+    // past the ring, a length past guest RAM, an avail index far ahead.
+    let ops = vec![
+        desc(1, 0, 0x20000, 12, D_NEXT, 1),
+        desc(1, 1, 0x20100, 100, D_WRITE, 0),
+        avail(1, 0),
+        desc(1, 2, 0x20000, 16, D_NEXT, 2),
+        avail(1, 2),
+        desc(1, 3, 0x21000, 32, D_INDIRECT, 0),
+        Op::new(RAW, 8, 0x21000, 0x0002_0000),
+        Op::new(RAW, 8, 0x21008, 0x0000_0000_0000_0100),
+        avail(1, 3),
+        avail(1, 200),
+        desc(1, 4, 0x3fff0, 0x100, 0, 0),
+        avail(1, 4),
+        Op::new(TX, 8, 0, 0),
+        desc(0, 0, 0x8000, 512, 0, 0),
+        avail(0, 0),
+        desc(0, 1, 0x8000, 5, D_WRITE, 0),
+        avail(0, 1),
+        frame(100, 8),
+        Op::new(RX, 8, 0, 0),
+        Op::new(6, 8, 1, 0x4000),
+        Op::new(TX, 8, 0, 0),
+    ];
+    write(
+        t,
+        "bad-chains",
+        &encode(&[3, 3, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], &ops),
+    );
+}
+
 fn main() {
+    virtio_net();
     bus_platform();
     pci_config();
     msix_table();

@@ -96,6 +96,9 @@ struct VmInfo<'a> {
     /// The virtio disks in guest order (vda first), in `--disk`'s form; absent when none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     disks: Vec<String>,
+    /// The virtio network interfaces in guest order (eth0 first), in `--net`'s form.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    nets: Vec<String>,
 }
 
 /// The body of the replies that only show the state (pause, resume, reboot).
@@ -160,6 +163,7 @@ pub fn respond(req: &Request, vm: &dyn VmControl, config: &VmConfig) -> Response
                     timeline: &timeline,
                     devices: config.devices.iter().map(|d| d.to_string()).collect(),
                     disks: config.disks.iter().map(|d| d.to_string()).collect(),
+                    nets: config.nets.iter().map(|n| n.to_string()).collect(),
                 },
             )
         }

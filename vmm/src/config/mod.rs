@@ -23,6 +23,7 @@ macro_rules! serde_as_string {
 pub mod device;
 pub mod disk;
 pub mod file;
+pub mod net;
 pub mod security;
 
 use std::path::PathBuf;
@@ -38,6 +39,7 @@ use devices::pci::Bdf;
 pub use disk::{DiskConfig, DiskError};
 pub use host::hugepages::HugePageSize;
 pub use host::vfio_backend::VfioBackend;
+pub use net::{Mac, NetConfig, NetError};
 pub use security::{SecurityConfig, SecurityError};
 
 /// The guest kernel and how it is started.
@@ -93,6 +95,9 @@ pub struct VmConfig {
     /// virtio block devices (raw images or block devices), /dev/vda first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disks: Vec<DiskConfig>,
+    /// virtio network interfaces, each on a tap (eth0 first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nets: Vec<NetConfig>,
     /// Fail the run when the guest has not touched the serial port or the marker port within
     /// this time: a kernel that never boots. `None` waits forever.
     #[serde(default = "default_boot_timeout", with = "file::duration")]
@@ -133,6 +138,7 @@ impl VmConfig {
             machine: MachineConfig::default(),
             devices: Vec::new(),
             disks: Vec::new(),
+            nets: Vec::new(),
             boot_timeout: default_boot_timeout(),
             timeout: None,
             vfio_backend: None,
@@ -182,6 +188,12 @@ impl VmConfig {
         self
     }
 
+    /// Builder: one more virtio network interface.
+    pub fn net(mut self, net: NetConfig) -> Self {
+        self.nets.push(net);
+        self
+    }
+
     /// The host addresses of the devices, in order.
     pub fn device_bdfs(&self) -> Vec<Bdf> {
         self.devices.iter().map(|d| d.bdf).collect()
@@ -224,8 +236,8 @@ pub enum ConfigError {
     MemoryAboveMax { got: String, max: String },
     #[error("devices lists {functions} functions in {slots} host slots, more than the guest's PCI bus 0 holds ({GUEST_PCI_SLOTS} slots, one per host slot, of {MAX_FUNCTIONS} functions); pass fewer devices")]
     TooManyDevices { functions: usize, slots: usize },
-    #[error("{slots} host slots of devices and {disks} disks are more than the guest's PCI bus 0 holds ({GUEST_PCI_SLOTS} slots, one per disk); pass fewer")]
-    TooManyDisks { slots: usize, disks: usize },
+    #[error("{slots} host slots of devices and {virtio} virtio devices (disks, nets) are more than the guest's PCI bus 0 holds ({GUEST_PCI_SLOTS} slots, one per virtio device); pass fewer")]
+    TooManyVirtio { slots: usize, virtio: usize },
     /// The file could not be read (`reason`: the I/O error, or why it is not read at all).
     #[error("config file {path}: {reason}; check its path")]
     FileUnreadable { path: String, reason: String },
@@ -240,6 +252,8 @@ pub enum ConfigError {
     Device(#[from] DeviceError),
     #[error(transparent)]
     Disk(#[from] DiskError),
+    #[error(transparent)]
+    Net(#[from] NetError),
 }
 
 /// Guest PCI slots for passed-through devices: bus 0 only (no bridges), slot 0 is the host
@@ -270,12 +284,13 @@ impl VmConfig {
         for d in &self.disks {
             d.validate()?;
         }
+        for n in &self.nets {
+            n.validate()?;
+        }
         let slots = validate_devices(&self.device_bdfs())?;
-        if slots + self.disks.len() > GUEST_PCI_SLOTS {
-            return Err(ConfigError::TooManyDisks {
-                slots,
-                disks: self.disks.len(),
-            });
+        let virtio = self.disks.len() + self.nets.len();
+        if slots + virtio > GUEST_PCI_SLOTS {
+            return Err(ConfigError::TooManyVirtio { slots, virtio });
         }
         Ok(())
     }
@@ -546,15 +561,26 @@ mod tests {
         let err = cfg.validate(None).unwrap_err();
         assert_eq!(
             err,
-            ConfigError::TooManyDisks {
+            ConfigError::TooManyVirtio {
                 slots: 30,
-                disks: 2
+                virtio: 2
             }
         );
         assert_eq!(
             err.to_string(),
-            "30 host slots of devices and 2 disks are more than the guest's PCI bus 0 holds (31 slots, one per disk); pass fewer"
+            "30 host slots of devices and 2 virtio devices (disks, nets) are more than the guest's PCI bus 0 holds (31 slots, one per virtio device); pass fewer"
         );
+        cfg.disks.pop();
+        assert!(cfg
+            .clone()
+            .net(NetConfig::new("zt0"))
+            .validate(None)
+            .is_err());
+        let bad_net = VmConfig::new("/k").net(NetConfig::new("a/b"));
+        assert!(matches!(
+            bad_net.validate(None),
+            Err(ConfigError::Net(NetError::BadTapName(_)))
+        ));
         // A disk built in code is checked too.
         let mut cfg = VmConfig::new("/k").disk(DiskConfig::new(""));
         assert_eq!(
@@ -585,6 +611,19 @@ mod tests {
         assert!(!serde_json::to_string(&VmConfig::new("/k"))
             .unwrap()
             .contains("disks"));
+        let cfg = file::parse(
+            "nets = [\"tap=zt0\", \"tap=zt1,mac=52:54:00:00:00:01\"]\n[kernel]\npath = \"/k\"\n",
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.nets[1].mac.map(|m| m.to_string()).as_deref(),
+            Some("52:54:00:00:00:01")
+        );
+        assert_eq!(
+            file::parse(&serde_json::to_string(&cfg).unwrap(), false).unwrap(),
+            cfg
+        );
     }
 
     #[test]

@@ -26,7 +26,7 @@ use kvm_ioctls::VmFd;
 
 pub use passthrough::{SlotRange, VmParts};
 pub use platform::PlatformDevices;
-pub use virtio::{open_disks, OpenedDisk};
+pub use virtio::{open_disks, open_nets, OpenedDisk, OpenedNet};
 
 use host::preflight::CheckedDevice;
 use host::vfio_backend::VfioBackend;
@@ -104,15 +104,15 @@ impl DeviceManager {
         Ok(())
     }
 
-    /// Put the opened `disks` on the PCI root, in the guest slots after the passed-through
-    /// functions' (`devices`, as given to `attach_passthrough`).
-    pub fn attach_disks(
+    /// Put the opened `disks` and `nets` on the PCI root, in the guest slots after the
+    /// passed-through functions' (`devices`, as given to `attach_passthrough`).
+    pub fn attach_virtio(
         &mut self,
         vm: &VmParts,
-        disks: Vec<OpenedDisk>,
+        (disks, nets): (Vec<OpenedDisk>, Vec<OpenedNet>),
         devices: &[CheckedDevice],
     ) -> Result<()> {
-        if disks.is_empty() {
+        if disks.is_empty() && nets.is_empty() {
             return Ok(());
         }
         let bdfs: Vec<_> = devices.iter().map(|d| d.bdf).collect();
@@ -121,7 +121,7 @@ impl DeviceManager {
             .map(|b| b.device)
             .max()
             .unwrap_or(0);
-        let attached = virtio::attach(vm, &self.pci.root, &self.router, disks, first_slot)?;
+        let attached = virtio::attach(vm, &self.pci.root, &self.router, (disks, nets), first_slot)?;
         self.virtio = Some(attached);
         Ok(())
     }

@@ -81,6 +81,7 @@ impl ConfinedWorkers {
 fn thread_kind(kind: WorkerKind) -> ThreadKind {
     match kind {
         WorkerKind::VirtioBlock => ThreadKind::VirtioBlock,
+        WorkerKind::VirtioNet => ThreadKind::VirtioNet,
     }
 }
 

@@ -1,5 +1,6 @@
-//! virtio devices on the PCI root, after the passed-through functions: their images opened
-//! before the VM is made (a bad disk fails the run before KVM or VFIO is touched), their
+//! virtio devices on the PCI root, after the passed-through functions (disks, then network
+//! interfaces): their images and taps opened before the VM is made (a bad disk or tap fails
+//! the run before KVM or VFIO is touched), their
 //! queue notifications on KVM ioeventfds, their work on confined worker threads. The PCI
 //! root owns them; dropping a device stops its worker (joined) and unregisters its
 //! ioeventfds and interrupts, so the teardown of the root is theirs too.
@@ -9,11 +10,13 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use devices::pci::root::PciRoot;
-use devices::virtio::{VirtioBlock, VirtioPciDevice, VirtioServices};
+use devices::virtio::{
+    stable_mac, VirtioBlock, VirtioDevice, VirtioNet, VirtioPciDevice, VirtioServices,
+};
 
 use super::passthrough::VmParts;
 use super::services::{ConfinedWorkers, KvmIoEvents};
-use crate::config::DiskConfig;
+use crate::config::{DiskConfig, NetConfig};
 use crate::error::{Error, Result};
 use crate::interrupts::KvmInterruptRouter;
 
@@ -21,6 +24,32 @@ use crate::interrupts::KvmInterruptRouter;
 pub struct OpenedDisk {
     pub config: DiskConfig,
     block: VirtioBlock,
+}
+
+/// A network interface's tap, open, waiting for its place on the PCI root.
+pub struct OpenedNet {
+    pub config: NetConfig,
+    net: VirtioNet,
+}
+
+/// Open every network interface's tap (in order: the first is the guest's eth0). A missing
+/// MAC is derived from the tap's name and the interface's place: the same every run.
+pub fn open_nets(nets: &[NetConfig]) -> Result<Vec<OpenedNet>> {
+    nets.iter()
+        .enumerate()
+        .map(|(index, config)| {
+            let mac = match config.mac {
+                Some(mac) => mac.0,
+                None => stable_mac(format!("zhitong net{index} tap={}", config.tap).as_bytes()),
+            };
+            let net =
+                VirtioNet::open(&config.tap, mac).map_err(|source| Error::Net { index, source })?;
+            Ok(OpenedNet {
+                config: config.clone(),
+                net,
+            })
+        })
+        .collect()
 }
 
 /// Open every disk's image (in order: the first is the guest's vda). The same image twice
@@ -71,13 +100,13 @@ pub struct VirtioDevices {
     _workers: Arc<ConfinedWorkers>,
 }
 
-/// Put `disks` on `root` from guest slot `first_slot` on, one slot each, their vectors
-/// routed by `router`.
+/// Put `disks`, then `nets`, on `root` from guest slot `first_slot` on, one slot each,
+/// their vectors routed by `router`.
 pub fn attach(
     vm: &VmParts,
     root: &PciRoot,
     router: &Arc<KvmInterruptRouter>,
-    disks: Vec<OpenedDisk>,
+    (disks, nets): (Vec<OpenedDisk>, Vec<OpenedNet>),
     first_slot: u8,
 ) -> Result<VirtioDevices> {
     let workers = Arc::new(
@@ -88,28 +117,39 @@ pub fn attach(
         ioevents: Arc::new(KvmIoEvents::new(vm.vm.clone())),
         spawner: workers.clone(),
     };
-    for (index, (disk, slot)) in disks.into_iter().zip(first_slot..).enumerate() {
-        let name = format!("disk{index}");
+    let disks = disks.into_iter().enumerate().map(|(i, d)| {
+        let what = format!("disk{i} ({})", d.config);
+        (what, Box::new(d.block) as Box<dyn VirtioDevice>)
+    });
+    let nets = nets.into_iter().enumerate().map(|(i, n)| {
+        let mac = devices_mac(&n.net);
+        let what = format!("net{i} ({}, MAC {mac})", n.config);
+        (what, Box::new(n.net) as Box<dyn VirtioDevice>)
+    });
+    for ((what, device), slot) in disks.chain(nets).zip(first_slot..) {
         // INTx for a guest without MSI-X: pin INTA of its slot.
         let intx_gsi = arch::acpi::pci_intx_gsi(slot, 0);
+        let name = what.split(' ').next().unwrap_or_default().to_string();
         let device = VirtioPciDevice::new(
-            name.clone(),
-            Box::new(disk.block),
+            name,
+            device,
             vm.mem.clone(),
             services.clone(),
             Some(intx_gsi),
         )
-        .map_err(Error::io("a virtio-blk device"))?;
+        .map_err(Error::io("a virtio device"))?;
         let at = root
             .add_device(Some(slot), 0, Arc::new(Mutex::new(device)))
             .map_err(|source| Error::Pci {
-                what: "a virtio-blk device's place",
+                what: "a virtio device's place",
                 source,
             })?;
-        log::info!(
-            "{name} ({}) is {at} in the guest (INTx GSI {intx_gsi})",
-            disk.config
-        );
+        log::info!("{what} is {at} in the guest (INTx GSI {intx_gsi})");
     }
     Ok(VirtioDevices { _workers: workers })
+}
+
+/// "52:54:00:12:34:56"
+fn devices_mac(net: &VirtioNet) -> String {
+    crate::config::Mac(net.mac()).to_string()
 }

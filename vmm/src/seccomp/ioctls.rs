@@ -44,6 +44,9 @@ pub const IOMMU_DESTROY: u64 = ioc(0, VFIO, IOMMUFD_CMD_BASE, 0);
 pub const IOMMU_IOAS_MAP: u64 = ioc(0, VFIO, IOMMUFD_CMD_BASE + 5, 0);
 pub const IOMMU_IOAS_UNMAP: u64 = ioc(0, VFIO, IOMMUFD_CMD_BASE + 6, 0);
 
+/// A tap's offloads, set when the guest's virtio-net driver activates the device.
+pub const TUNSETOFFLOAD: u64 = ioc(WRITE, b'T' as u64, 208, size_of::<libc::c_uint>());
+
 /// std's `set_nonblocking` on a socket.
 pub const FIONBIO: u64 = libc::FIONBIO;
 
@@ -61,6 +64,7 @@ mod tests {
             (KVM_SET_GSI_ROUTING, 0x4008_ae6a),
             (KVM_IRQFD, 0x4020_ae76),
             (KVM_IOEVENTFD, 0x4040_ae79),
+            (TUNSETOFFLOAD, 0x4004_54d0),
             (KVM_SET_DEVICE_ATTR, 0x4018_aee1),
             (VFIO_GROUP_UNSET_CONTAINER, 0x3b69),
             (VFIO_DEVICE_GET_REGION_INFO, 0x3b6c),

@@ -81,7 +81,7 @@ const VM_IOCTLS: &[u64] = &[
 /// guest moving BARs or programming MSI/MSI-X makes the VMM do (KVM slots, GSI routes,
 /// irqfds, VFIO_DEVICE_SET_IRQS with new eventfds, and for a peer-to-peer device the BAR's
 /// IOMMU mappings; a virtio device's queue ioeventfds, its worker asked of the launcher and
-/// joined at reset). Its own registers may be read (for reporting a crash); nothing else of
+/// joined at reset, a tap's offloads as the guest's driver negotiated them). Its own registers may be read (for reporting a crash); nothing else of
 /// KVM's.
 const VCPU: &[i64] = &[
     libc::SYS_read,
@@ -101,6 +101,7 @@ const VCPU_IOCTLS: &[u64] = &[
     KVM_IRQFD,
     KVM_IOEVENTFD,
     KVM_SET_GSI_ROUTING,
+    TUNSETOFFLOAD,
     VFIO_DEVICE_SET_IRQS,
     VFIO_DEVICE_GET_IRQ_INFO,
     VFIO_DEVICE_GET_REGION_INFO,
@@ -155,6 +156,10 @@ const VIRTIO_BLOCK: &[i64] = &[
     libc::SYS_fsync,
 ];
 
+/// Waits on its tap, its queues' notifiers, stop and resample eventfds (poll); frames are
+/// read from and written to the tap (one read or write each); signals interrupt eventfds.
+const VIRTIO_NET: &[i64] = &[libc::SYS_poll, libc::SYS_ppoll, libc::SYS_read];
+
 /// Starting a thread (the clone, its stack, what glibc and std do in the new thread before
 /// it installs its own filter: robust list, rseq, its name, then the filter), and, because
 /// filters stack, everything a worker it starts may do.
@@ -167,7 +172,7 @@ const LAUNCHER: &[i64] = &[
 ];
 
 /// The worker kinds a launcher starts.
-const WORKERS: &[&[i64]] = &[VIRTIO_BLOCK];
+const WORKERS: &[&[i64]] = &[VIRTIO_BLOCK, VIRTIO_NET];
 
 /// The rules of `kind`'s filter.
 pub fn allowed(kind: ThreadKind) -> Result<Rules, BackendError> {
@@ -180,6 +185,7 @@ pub fn allowed(kind: ThreadKind) -> Result<Rules, BackendError> {
         ThreadKind::DmaMap => (DMA_MAP, DMA_MAP_IOCTLS),
         ThreadKind::Launcher => (LAUNCHER, &[]),
         ThreadKind::VirtioBlock => (VIRTIO_BLOCK, &[]),
+        ThreadKind::VirtioNet => (VIRTIO_NET, &[]),
     };
     let mut rules: Rules = COMMON.iter().chain(plain).map(|&nr| (nr, vec![])).collect();
     // std's debug builds check that a file descriptor is open before closing it (F_GETFD).

@@ -3,6 +3,8 @@
 //! hand, requests submitted and completions read from the used ring.
 
 mod block;
+mod net;
+mod net_driver;
 mod transport;
 
 use std::collections::BTreeMap;
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::mock::MockServices;
-use super::{status, VirtioBlock, VirtioPciDevice};
+use super::{status, VirtioBlock, VirtioDevice, VirtioPciDevice};
 use crate::pci::config::{CAPABILITY_POINTER, COMMAND, COMMAND_MEMORY};
 use crate::pci::PciDevice;
 
@@ -64,16 +66,20 @@ impl Driver {
     pub fn new(readonly: bool, serial: Option<&str>, intx: Option<u32>) -> Self {
         let file = disk_file(64);
         let blk = VirtioBlock::open(file.path(), readonly, serial.map(String::from)).unwrap();
+        Self::with_device("blk0", Box::new(blk), file, intx)
+    }
+
+    /// The transport around `device` (`file`: the disk, if any), BARs mapped.
+    pub fn with_device(
+        name: &str,
+        device: Box<dyn VirtioDevice>,
+        file: tempfile::NamedTempFile,
+        intx: Option<u32>,
+    ) -> Self {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
         let svc = MockServices::new();
-        let mut dev = VirtioPciDevice::new(
-            "blk0".into(),
-            Box::new(blk),
-            mem.clone(),
-            svc.services(),
-            intx,
-        )
-        .unwrap();
+        let mut dev =
+            VirtioPciDevice::new(name.into(), device, mem.clone(), svc.services(), intx).unwrap();
         dev.assign_bar(0, BAR0_ADDR);
         dev.assign_bar(2, BAR2_ADDR);
         dev.config_write(COMMAND, &COMMAND_MEMORY.to_le_bytes());

@@ -205,6 +205,8 @@ fn signal(fd: RawFd) {
 #[test]
 fn intx_sets_isr_and_reasserts_on_resample() {
     let mut d = Driver::new(false, None, Some(5));
+    // Wired when the device is built (the worker that asserts it may not register irqfds).
+    assert!(d.svc.router.state().resample_irqfds.contains_key(&5));
     d.start();
     assert_eq!(d.request(FLUSH, 0, &[]).0, 0);
     let (trigger, resample) = d.svc.router.state().resample_irqfds[&5];
@@ -223,7 +225,9 @@ fn intx_sets_isr_and_reasserts_on_resample() {
     signal(resample);
     std::thread::sleep(Duration::from_millis(20));
     assert!(!readable(trigger), "nothing pending, no re-assert");
+    let router = d.svc.router.clone();
     drop(d);
+    assert!(router.state().resample_irqfds.is_empty(), "unwired on drop");
 }
 
 #[test]

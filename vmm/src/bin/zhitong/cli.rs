@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use devices::pci::Bdf;
 use vmm::config::parse_vcpus;
 use vmm::config::security::SeccompMode;
-use vmm::config::{ConfigError, DeviceConfig, DiskConfig, HugePageSize, VfioBackend};
+use vmm::config::{ConfigError, DeviceConfig, DiskConfig, HugePageSize, NetConfig, VfioBackend};
 use vmm::VmConfig;
 
 #[derive(Debug, Parser)]
@@ -189,6 +189,11 @@ pub struct RunArgs {
     /// /sys/block/vdX/serial). Repeatable: the first is /dev/vda.
     #[arg(long = "disk", value_name = "path=FILE[,OPTION...]", value_parser = parse_disk_arg)]
     pub disks: Vec<DiskConfig>,
+    /// A virtio network interface on a tap: tap=NAME (an existing tap, or one to create:
+    /// that needs CAP_NET_ADMIN), then mac=MAC (default: one derived from the tap's name,
+    /// the same every run). Repeatable: the first is the guest's eth0.
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]", value_parser = parse_net_arg)]
+    pub nets: Vec<NetConfig>,
     /// Print the boot timeline as one JSON line on stderr at exit.
     #[arg(long)]
     pub timings: bool,
@@ -235,6 +240,10 @@ fn parse_device_config_arg(s: &str) -> Result<DeviceConfig, String> {
 
 fn parse_disk_arg(s: &str) -> Result<DiskConfig, String> {
     s.parse().map_err(|e: vmm::config::DiskError| e.to_string())
+}
+
+fn parse_net_arg(s: &str) -> Result<NetConfig, String> {
+    s.parse().map_err(|e: vmm::config::NetError| e.to_string())
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
@@ -309,6 +318,9 @@ impl RunArgs {
         }
         if !self.disks.is_empty() {
             cfg.disks = self.disks.clone();
+        }
+        if !self.nets.is_empty() {
+            cfg.nets = self.nets.clone();
         }
         if let Some(limit) = self.boot_timeout {
             cfg.boot_timeout = (!limit.is_zero()).then_some(limit);

@@ -11,6 +11,7 @@ pub fn message(e: &vmm::Error) -> String {
         vmm::Error::Boot(e) => e.render(&flag),
         // The device's message names the image; which --disk it was is then clear.
         vmm::Error::Disk { source, .. } => source.to_string(),
+        vmm::Error::Net { source, .. } => source.to_string(),
         vmm::Error::DiskTwice {
             path,
             first,
@@ -75,8 +76,8 @@ fn config_message(e: &ConfigError) -> String {
             vmm::config::GUEST_PCI_SLOTS,
             devices::pci::address::MAX_FUNCTIONS
         ),
-        ConfigError::TooManyDisks { slots, disks } => format!(
-            "--device takes {slots} guest slots and --disk is given {disks} times, more than the guest's PCI bus 0 holds ({} slots, one per disk); pass fewer",
+        ConfigError::TooManyVirtio { slots, virtio } => format!(
+            "--device takes {slots} guest slots and --disk/--net {virtio}, more than the guest's PCI bus 0 holds ({} slots, one per --disk or --net); pass fewer",
             vmm::config::GUEST_PCI_SLOTS
         ),
         ConfigError::FileUnreadable { path, reason } => {
@@ -89,6 +90,7 @@ fn config_message(e: &ConfigError) -> String {
         // Already in the words of the value or the file.
         ConfigError::Device(d) => format!("--device: {d}"),
         ConfigError::Disk(d) => format!("--disk: {d}"),
+        ConfigError::Net(n) => format!("--net: {n}"),
         ConfigError::Unit(_) | ConfigError::File { .. } => e.to_string(),
     }
 }

@@ -56,6 +56,8 @@ fn all_flags() {
         "path=/img/root.ext4",
         "--disk",
         "path=/dev/sdb,readonly=on,serial=data-1",
+        "--net",
+        "tap=zt0,mac=52:54:00:12:34:56",
     ]);
     let Parsed::Run(cli) = p else { panic!("{p:?}") };
     let Command::Run(args) = cli.command else {
@@ -117,6 +119,11 @@ fn errors_are_one_line_with_the_fix() {
         (
             run_args(&["--disk", "path=/a,readonly=1"]),
             "want readonly=on|off",
+        ),
+        (run_args(&["--net", "zt0"]), "write tap=zt0"),
+        (
+            run_args(&["--net", "tap=zt0,mac=01:02:03:04:05:06"]),
+            "is a multicast address",
         ),
         (run_args(&["--console-timestamps"]), "--console-log"),
         (parse(["zhitong", "run"]), "--kernel"),
