@@ -252,7 +252,7 @@ impl Case {
     /// `mac` ("52:54:00:12:34:56") or the VMM's default; the guest sees the devices as eth0,
     /// eth1, ... in the order they are added. Rendered as zhitong's and Cloud Hypervisor's
     /// `--net tap=T[,mac=M]` and QEMU's `-netdev tap,ifname=T,script=no,downscript=no
-    /// -device virtio-net-pci,...`. zhitong and QEMU open an existing tap (e.g. one made
+    /// -device virtio-net-pci,...,romfile=` (no PXE ROM: L1 ships none, zhitong has none). zhitong and QEMU open an existing tap (e.g. one made
     /// persistent with busybox `tunctl -t T` in a `before` line, addressed and up) or create
     /// it. L1 gets the tun module for it (l1.rs).
     pub fn net(mut self, tap: &str, mac: Option<&str>) -> Case {
@@ -409,7 +409,8 @@ impl Case {
                 }
                 for (i, n) in self.nics.iter().enumerate() {
                     let netdev = format!("tap,id=n{i},ifname={},script=no,downscript=no", n.tap);
-                    let mut dev = format!("virtio-net-pci,netdev=n{i},disable-legacy=on");
+                    // No option ROM (PXE): zhitong has none, and L1 ships no efi-virtio.rom.
+                    let mut dev = format!("virtio-net-pci,netdev=n{i},disable-legacy=on,romfile=");
                     if let Some(m) = &n.mac {
                         dev.push_str(&format!(",mac={m}"));
                     }
@@ -681,9 +682,9 @@ mod tests {
         assert!(
             q.command().ends_with(
                 "-netdev tap,id=n0,ifname=zt0,script=no,downscript=no \
-                 -device virtio-net-pci,netdev=n0,disable-legacy=on,mac=52:54:00:12:34:56 \
+                 -device virtio-net-pci,netdev=n0,disable-legacy=on,romfile=,mac=52:54:00:12:34:56 \
                  -netdev tap,id=n1,ifname=zt1,script=no,downscript=no \
-                 -device virtio-net-pci,netdev=n1,disable-legacy=on"
+                 -device virtio-net-pci,netdev=n1,disable-legacy=on,romfile="
             ),
             "{}",
             q.command()
