@@ -123,9 +123,18 @@ pub fn guest(traffic: Traffic) -> Result<Guest> {
         g = g.line(&format!("{VSOCK_ECHO} serve vsock:{H2G_PORT} 1 & h2g=$!"));
     }
     g = g
+        // Until the carrier is up (linkwatch, up to a second after `ip link set up`) the
+        // queue drops what is sent, ARP and pings alike.
+        .line(
+            "i=0; while [ \"$(cat /sys/class/net/eth0/operstate)\" != up ] && [ $i -lt 100 ]; \
+             do sleep 0.1; i=$((i+1)); done; sleep 0.1; \
+             echo \"L2: eth0_operstate=$(cat /sys/class/net/eth0/operstate)\"",
+        )
         .line(&format!(
             "ping -c 3 -i 0.2 -W 5 {L1_ADDR} >/tmp/ping.out 2>&1; \
-             echo \"L2: ping=$(sed -n 's/.*, \\([0-9]*\\) packets received.*/\\1/p' /tmp/ping.out)/3\"; \
+             got=$(sed -n 's/.*, \\([0-9]*\\) packets received.*/\\1/p' /tmp/ping.out); \
+             echo \"L2: ping=$got/3\"; \
+             [ \"$got\" = 3 ] || echo \"L2: ping_out=$(tr '\\n' ' ' </tmp/ping.out)\"; \
              echo \"L2: ping_ms=$(sed -n 's|.* = [0-9.]*/\\([0-9.]*\\)/.*|\\1|p' /tmp/ping.out)\""
         ));
     if traffic.tcp {
@@ -295,6 +304,17 @@ mod tests {
             "{q}"
         );
         assert_shell_syntax(&q);
+    }
+
+    #[test]
+    fn guest_lines_are_shell() {
+        for (tcp, vsock) in [(true, true), (false, false)] {
+            let g = guest(Traffic { tcp, vsock }).unwrap();
+            let script = g.script_lines().join("\n");
+            assert_eq!(script.contains("vsock_g2h"), vsock, "{script}");
+            assert_eq!(script.contains("tcp_rx_md5"), tcp, "{script}");
+            assert_shell_syntax(&script);
+        }
     }
 
     #[test]
