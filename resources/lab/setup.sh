@@ -12,7 +12,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 CACHE="${ZHITONG_LAB_CACHE:-$ROOT/target/lab-cache}"
-PACKAGES=(qemu-system-x86 busybox-static cpio kmod xz-utils e2fsprogs)
+# gcc + libc6-dev: the guests' static helpers (lab_boot's touch, lab_net's vsock-echo).
+PACKAGES=(qemu-system-x86 busybox-static cpio kmod xz-utils e2fsprogs gcc libc6-dev)
 export DEBIAN_FRONTEND=noninteractive
 
 as_root() {

@@ -48,6 +48,20 @@ struct Disk {
     serial: Option<String>,
 }
 
+/// A virtio-net device of a case: a tap in L1 (see `Case::net`).
+#[derive(Clone, Debug)]
+struct Nic {
+    tap: String,
+    mac: Option<String>,
+}
+
+/// The virtio-vsock device of a case (see `Case::vsock`).
+#[derive(Clone, Debug)]
+struct Vsock {
+    cid: u32,
+    socket: String,
+}
+
 #[derive(Clone, Debug)]
 pub struct Case {
     pub(crate) name: String,
@@ -64,6 +78,8 @@ pub struct Case {
     probe: Option<(String, String)>,
     env: Vec<(String, String)>,
     disks: Vec<Disk>,
+    nics: Vec<Nic>,
+    vsock: Option<Vsock>,
     before: Vec<String>,
     after: Vec<String>,
     pub(crate) guest: Option<Guest>,
@@ -96,6 +112,8 @@ impl Case {
             probe: None,
             env: Vec::new(),
             disks: Vec::new(),
+            nics: Vec::new(),
+            vsock: None,
             before: Vec::new(),
             after: Vec::new(),
             guest: None,
@@ -230,6 +248,73 @@ impl Case {
         self
     }
 
+    /// A virtio-net device (modern virtio-pci) on the tap `tap` in L1, with the MAC address
+    /// `mac` ("52:54:00:12:34:56") or the VMM's default; the guest sees the devices as eth0,
+    /// eth1, ... in the order they are added. Rendered as zhitong's and Cloud Hypervisor's
+    /// `--net tap=T[,mac=M]` and QEMU's `-netdev tap,ifname=T,script=no,downscript=no
+    /// -device virtio-net-pci,...,romfile=` (no PXE ROM: L1 ships none, zhitong has none). zhitong and QEMU open an existing tap (e.g. one made
+    /// persistent with busybox `tunctl -t T` in a `before` line, addressed and up) or create
+    /// it. L1 gets the tun module for it (l1.rs).
+    pub fn net(mut self, tap: &str, mac: Option<&str>) -> Case {
+        assert!(
+            !tap.is_empty()
+                && tap.len() < 16
+                && tap
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
+            "tap names are [A-Za-z0-9._-], at most 15 long: {tap:?}"
+        );
+        if let Some(m) = mac {
+            let octets: Vec<&str> = m.split(':').collect();
+            assert!(
+                octets.len() == 6
+                    && octets
+                        .iter()
+                        .all(|o| o.len() == 2 && o.chars().all(|c| c.is_ascii_hexdigit())),
+                "a MAC is six hex octets with ':': {m:?}"
+            );
+        }
+        self.nics.push(Nic {
+            tap: tap.into(),
+            mac: mac.map(Into::into),
+        });
+        self
+    }
+
+    /// A virtio-vsock device with guest CID `cid` (3 or more). zhitong and Cloud Hypervisor
+    /// get `--vsock cid=N,socket=PATH`: the hybrid vsock of Firecracker/Cloud Hypervisor,
+    /// where a host process connects to the Unix socket `socket`, writes "CONNECT <port>\n"
+    /// and reads "OK <hostport>\n" to reach the guest's listener on <port>, and a guest's
+    /// connection to CID 2 port P reaches a host Unix listener at `<socket>_P`. QEMU gets
+    /// `-device vhost-vsock-pci,guest-cid=N,disable-legacy=on` (`socket` unused): the kernel's
+    /// vhost-vsock, so L1 reaches the guest with AF_VSOCK (CID `cid`) and the guest's
+    /// connections to CID 2 reach L1's AF_VSOCK listeners; L1 gets vhost_vsock for it (l1.rs).
+    pub fn vsock(mut self, cid: u32, socket: &str) -> Case {
+        assert!(cid >= 3, "guest CIDs start at 3: {cid}");
+        assert!(
+            socket.starts_with('/') && !socket.contains([',', '=', ' ', '\'', '"']),
+            "the vsock socket is an absolute L1 path without ',', '=', quotes or spaces: {socket:?}"
+        );
+        assert!(self.vsock.is_none(), "one vsock device per case");
+        self.vsock = Some(Vsock {
+            cid,
+            socket: socket.into(),
+        });
+        self
+    }
+
+    /// L1 modules the case's devices need beyond L1's usual ones (see l1.rs).
+    pub(crate) fn l1_modules(&self) -> Vec<&'static str> {
+        let mut m = Vec::new();
+        if self.raw.is_none() && !self.nics.is_empty() {
+            m.push("tun");
+        }
+        if self.raw.is_none() && self.vsock.is_some() && self.vmm == Vmm::Qemu {
+            m.push("vhost_vsock");
+        }
+        m
+    }
+
     /// A shell line L1 runs inside the case, before the VMM starts (e.g. copying an image).
     pub fn before(mut self, line: &str) -> Case {
         self.before.push(line.into());
@@ -288,6 +373,7 @@ impl Case {
                 for d in &self.disks {
                     v.extend(["--disk".into(), d.key_values()]);
                 }
+                v.extend(self.net_and_vsock_args());
                 v
             }
             Vmm::Qemu => {
@@ -321,6 +407,21 @@ impl Case {
                     }
                     v.extend(["-drive".into(), drive, "-device".into(), dev]);
                 }
+                for (i, n) in self.nics.iter().enumerate() {
+                    let netdev = format!("tap,id=n{i},ifname={},script=no,downscript=no", n.tap);
+                    // No option ROM (PXE): zhitong has none, and L1 ships no efi-virtio.rom.
+                    let mut dev = format!("virtio-net-pci,netdev=n{i},disable-legacy=on,romfile=");
+                    if let Some(m) = &n.mac {
+                        dev.push_str(&format!(",mac={m}"));
+                    }
+                    v.extend(["-netdev".into(), netdev, "-device".into(), dev]);
+                }
+                if let Some(vs) = &self.vsock {
+                    v.extend([
+                        "-device".into(),
+                        format!("vhost-vsock-pci,guest-cid={},disable-legacy=on", vs.cid),
+                    ]);
+                }
                 v
             }
             Vmm::CloudHypervisor => {
@@ -335,6 +436,7 @@ impl Case {
                 for d in &self.disks {
                     v.extend(["--disk".into(), d.key_values()]);
                 }
+                v.extend(self.net_and_vsock_args());
                 v
             }
         };
@@ -351,6 +453,25 @@ impl Case {
             (None, None) => command,
         };
         self.bracketed(command)
+    }
+
+    /// zhitong's (and Cloud Hypervisor's) `--net tap=T[,mac=M]`... and `--vsock cid=N,socket=P`.
+    fn net_and_vsock_args(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        for n in &self.nics {
+            let mut kv = format!("tap={}", n.tap);
+            if let Some(m) = &n.mac {
+                kv.push_str(&format!(",mac={m}"));
+            }
+            v.extend(["--net".into(), kv]);
+        }
+        if let Some(vs) = &self.vsock {
+            v.extend([
+                "--vsock".into(),
+                format!("cid={},socket={}", vs.cid, vs.socket),
+            ]);
+        }
+        v
     }
 
     /// `command` between the `before` and `after` lines, its exit status kept.
@@ -538,6 +659,86 @@ mod tests {
             "{}",
             ch.command()
         );
+    }
+
+    #[test]
+    fn net_for_each_vmm() {
+        let c = Case::new("n")
+            .timings(false)
+            .disk("/disks/a.img", false, None)
+            .net("zt0", Some("52:54:00:12:34:56"))
+            .net("zt1", None);
+        assert!(
+            c.command().ends_with(
+                "--disk path=/disks/a.img --net tap=zt0,mac=52:54:00:12:34:56 --net tap=zt1"
+            ),
+            "{}",
+            c.command()
+        );
+        assert_eq!(c.l1_modules(), ["tun"]);
+        let q = Case::qemu_l1("q")
+            .net("zt0", Some("52:54:00:12:34:56"))
+            .net("zt1", None);
+        assert!(
+            q.command().ends_with(
+                "-netdev tap,id=n0,ifname=zt0,script=no,downscript=no \
+                 -device virtio-net-pci,netdev=n0,disable-legacy=on,romfile=,mac=52:54:00:12:34:56 \
+                 -netdev tap,id=n1,ifname=zt1,script=no,downscript=no \
+                 -device virtio-net-pci,netdev=n1,disable-legacy=on,romfile="
+            ),
+            "{}",
+            q.command()
+        );
+        let ch = Case::cloud_hypervisor_l1("ch").net("zt0", Some("52:54:00:00:00:01"));
+        assert!(
+            ch.command()
+                .ends_with("--console off --net tap=zt0,mac=52:54:00:00:00:01"),
+            "{}",
+            ch.command()
+        );
+        assert!(Case::new("plain").l1_modules().is_empty());
+    }
+
+    #[test]
+    fn vsock_for_each_vmm() {
+        let c = Case::new("v")
+            .timings(false)
+            .net("zt0", None)
+            .vsock(3, "/tmp/v.sock");
+        assert!(
+            c.command()
+                .ends_with("--memory 512M --net tap=zt0 --vsock cid=3,socket=/tmp/v.sock"),
+            "{}",
+            c.command()
+        );
+        // The hybrid vsock needs no host module; QEMU's vhost-vsock does.
+        assert_eq!(c.l1_modules(), ["tun"]);
+        let q = Case::qemu_l1("q").vsock(3, "/tmp/v.sock");
+        assert!(
+            q.command()
+                .ends_with("-device vhost-vsock-pci,guest-cid=3,disable-legacy=on"),
+            "{}",
+            q.command()
+        );
+        assert_eq!(q.l1_modules(), ["vhost_vsock"]);
+        let ch = Case::cloud_hypervisor_l1("ch").vsock(4, "/tmp/ch.sock");
+        assert!(
+            ch.command().ends_with("--vsock cid=4,socket=/tmp/ch.sock"),
+            "{}",
+            ch.command()
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "guest CIDs")]
+    fn a_reserved_cid_is_refused() {
+        let _ = Case::new("x").vsock(2, "/tmp/v.sock");
+    }
+
+    #[test]
+    #[should_panic(expected = "a MAC")]
+    fn a_malformed_mac_is_refused() {
+        let _ = Case::new("x").net("zt0", Some("52:54:00:12:34"));
     }
 
     #[test]

@@ -78,6 +78,11 @@ impl Guest {
         self
     }
 
+    /// The extra lines, in order (for tests of the script).
+    pub(crate) fn script_lines(&self) -> &[String] {
+        &self.lines
+    }
+
     /// A stage-1 initramfs: after the modules and lines, mount `device` (e.g. /dev/vda) as
     /// `fstype` read-write and `switch_root` to its /sbin/init, which then runs the show.
     /// Debian's kernel has virtio_blk and ext4 as modules, so `root=/dev/vda` without an

@@ -95,6 +95,13 @@ pub fn build(spec: &L1Spec, dir: &Path, out: &Path) -> Result<()> {
     img.line("echo 'L1: init'");
     let mut modules: Vec<String> = L1_MODULES.iter().map(|s| s.to_string()).collect();
     modules.extend(spec.modules.iter().cloned());
+    // What the cases' devices need on the host side: tun for taps, vhost_vsock for QEMU's
+    // vsock (Case::l1_modules).
+    for m in spec.cases.iter().flat_map(|c| c.l1_modules()) {
+        if !modules.iter().any(|x| x == m) {
+            modules.push(m.to_string());
+        }
+    }
     img.modules(spec.kernel, &modules, "L1")?;
     img.line("if [ -e /dev/kvm ]; then echo 'L1: kvm ready'; else echo 'L1: kvm missing'; fi");
     img.line("[ -e /dev/vfio/vfio ] && echo \"L1: vfio ready, iommu groups=$(ls /sys/kernel/iommu_groups | wc -l)\"");

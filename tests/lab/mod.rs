@@ -24,6 +24,7 @@ mod initramfs;
 mod kernel;
 mod l0;
 mod l1;
+pub mod net;
 mod ppm;
 mod qmp;
 pub mod vfio;
