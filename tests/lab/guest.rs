@@ -79,6 +79,7 @@ impl Guest {
     }
 
     /// The extra lines, in order (for tests of the script).
+    #[cfg(test)]
     pub(crate) fn script_lines(&self) -> &[String] {
         &self.lines
     }

@@ -82,10 +82,10 @@ pub struct Traffic {
 }
 
 /// Shell functions of both sides: `running PID` (alive and not a zombie: busybox sh reaps
-/// its background jobs only on `wait`), `reap PID` (waits up to 5 s for it, then kills it,
-/// then returns its status).
+/// its background jobs only on `wait`), `reap PID` (waits up to 5 s for it, none if the VMM
+/// failed (`$rc`, see `Case::after`), then kills it, then returns its status).
 const SHELL_FUNCTIONS: &str = "running() { [ -e /proc/$1 ] && [ \"$(cut -d' ' -f3 /proc/$1/stat)\" != Z ]; }\n\
-reap() { i=0; while running $1 && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; kill $1 2>/dev/null; wait $1; }";
+reap() { i=0; [ \"${rc:-0}\" = 0 ] || i=50; while running $1 && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; kill $1 2>/dev/null; wait $1; }";
 
 /// L2's `mib_s MIB 'COMMAND'`: evals COMMAND (which moves MIB MiB) and prints its MiB/s, or
 /// "failed".
