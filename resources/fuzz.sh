@@ -22,7 +22,7 @@ seconds=${FUZZ_SECONDS:-60}
 seed=${FUZZ_SEED:-1}
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(bus_platform pci_config msix_table http_request vm_config virtio_blk virtio_net)
+    targets=(bus_platform pci_config msix_table http_request vm_config virtio_blk virtio_net virtio_vsock)
 fi
 
 if ! cargo +nightly --version >/dev/null 2>&1; then

@@ -3,9 +3,7 @@
 //! two), L2 reports the MAC it was given; a vsock echo runs both ways, guest to host and host
 //! to guest, with round trips per second. QEMU as the L1 VMM is the reference (virtio-net on a
 //! tap, vhost-vsock); zhitong's cases, the same L2 with the hybrid vsock's Unix sockets on L1's
-//! side: its network tests pass with main's `--net` (5c42586), its vsock tests wait for
-//! `--vsock`'s device (with `--vsock` accepted but no device yet, L2 gets ENODEV and L1 finds
-//! no socket: the case then takes ~2 min, the helpers' retries). A Cloud Hypervisor case (hybrid vsock, like
+//! side. A Cloud Hypervisor case (hybrid vsock, like
 //! zhitong's) runs when a binary is at hand (`cloud_hypervisor_binary`). All cases share one
 //! L0 boot. The figures are printed, not asserted: this is TCG under TCG.
 //!
@@ -257,37 +255,31 @@ fn qemu_figures_are_reported() {
 }
 
 #[test]
-#[ignore = "zhitong --net is in main (5c42586) and passes these there: un-ignore on merge"]
 fn zhitong_l2_and_l1_ping_each_other() {
     assert_pings_both_ways(lab().case("zhitong-net"));
 }
 
 #[test]
-#[ignore = "zhitong --net is in main (5c42586) and passes these there: un-ignore on merge"]
 fn zhitong_tcp_moves_data_both_ways() {
     assert_tcp_both_ways(lab().case("zhitong-net"));
 }
 
 #[test]
-#[ignore = "zhitong --net is in main (5c42586) and passes these there: un-ignore on merge"]
 fn zhitong_guest_has_the_given_mac() {
     assert_mac(lab().case("zhitong-net"), MAC);
 }
 
 #[test]
-#[ignore = "zhitong --vsock lands with vsock"]
 fn zhitong_vsock_guest_to_host_echoes() {
     assert_vsock_guest_to_host(lab().case("zhitong-net"));
 }
 
 #[test]
-#[ignore = "zhitong --vsock lands with vsock"]
 fn zhitong_vsock_host_to_guest_echoes() {
     assert_vsock_host_to_guest(lab().case("zhitong-net"));
 }
 
 #[test]
-#[ignore = "zhitong --vsock lands with vsock"]
 fn zhitong_figures_are_reported() {
     report_figures(lab().case("zhitong-net"));
 }
@@ -295,7 +287,6 @@ fn zhitong_figures_are_reported() {
 /// No tap before the VMM: zhitong creates it; without `mac=` the guest gets a unicast,
 /// locally administered address of the VMM's choosing, and L2 pings L1 through it.
 #[test]
-#[ignore = "zhitong --net is in main (5c42586) and passes these there: un-ignore on merge"]
 fn zhitong_creates_its_tap_and_picks_a_mac() {
     let c = lab().case("zhitong-net-made-tap");
     c.assert_booted();
@@ -322,13 +313,15 @@ fn zhitong_creates_its_tap_and_picks_a_mac() {
 }
 
 /// Cloud Hypervisor's hybrid vsock is the convention zhitong follows: the same L1 side works
-/// against it (only when a binary is at hand).
+/// against it. Run with `--ignored` where a binary is at hand (CLOUD_HYPERVISOR, or
+/// target/lab-cache/cloud-hypervisor).
 #[test]
+#[ignore = "needs a Cloud Hypervisor binary"]
 fn cloud_hypervisor_passes_the_same_checks() {
-    if cloud_hypervisor_binary().is_none() {
-        eprintln!("no Cloud Hypervisor binary: skipped");
-        return;
-    }
+    assert!(
+        cloud_hypervisor_binary().is_some(),
+        "no Cloud Hypervisor binary: set CLOUD_HYPERVISOR or put one at target/lab-cache/cloud-hypervisor"
+    );
     let c = lab().case("ch-net");
     assert_pings_both_ways(c);
     assert_tcp_both_ways(c);

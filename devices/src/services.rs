@@ -102,4 +102,7 @@ pub enum WorkerKind {
     /// virtio-net's two queues: polls eventfds and the tap, reads and writes frames on the
     /// tap (read/write only, no ioctl), touches guest RAM.
     VirtioNet,
+    /// virtio-vsock: polls eventfds and Unix sockets, accepts and connects (AF_UNIX),
+    /// sends and receives on them, touches guest RAM.
+    VirtioVsock,
 }

@@ -283,8 +283,8 @@ impl Case {
 
     /// A virtio-vsock device with guest CID `cid` (3 or more). zhitong and Cloud Hypervisor
     /// get `--vsock cid=N,socket=PATH`: the hybrid vsock of Firecracker/Cloud Hypervisor,
-    /// where a host process connects to the Unix socket `socket`, writes "CONNECT <port>\n"
-    /// and reads "OK <hostport>\n" to reach the guest's listener on <port>, and a guest's
+    /// where a host process connects to the Unix socket `socket`, writes `CONNECT <port>\n`
+    /// and reads `OK <hostport>\n` to reach the guest's listener on that port, and a guest's
     /// connection to CID 2 port P reaches a host Unix listener at `<socket>_P`. QEMU gets
     /// `-device vhost-vsock-pci,guest-cid=N,disable-legacy=on` (`socket` unused): the kernel's
     /// vhost-vsock, so L1 reaches the guest with AF_VSOCK (CID `cid`) and the guest's

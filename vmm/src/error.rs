@@ -86,6 +86,9 @@ pub enum Error {
         #[source]
         source: devices::virtio::NetError,
     },
+    /// The vsock's socket could not be bound; the device's error names the path and the fix.
+    #[error("{0}")]
+    Vsock(#[source] devices::virtio::VsockError),
     #[error("disk image {path} is given twice (disks[{first}] and disks[{second}]) and not read-only in both; give it once, or readonly=on in each")]
     DiskTwice {
         path: String,
@@ -127,7 +130,8 @@ impl Error {
             | Error::BadDevice(_)
             | Error::Disk { .. }
             | Error::DiskTwice { .. }
-            | Error::Net { .. } => 2,
+            | Error::Net { .. }
+            | Error::Vsock(_) => 2,
             Error::Boot(e) => match e {
                 BootError::GuestMemory(_) => 1,
                 _ => 2,

@@ -25,7 +25,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::config::{file, KernelConfig, MachineConfig, VfioBackend, DEFAULT_BOOT_TIMEOUT};
-use crate::config::{DeviceConfig, DiskConfig, NetConfig};
+use crate::config::{DeviceConfig, DiskConfig, NetConfig, VsockConfig};
 use crate::VmConfig;
 use serde::Deserialize;
 
@@ -59,6 +59,8 @@ struct CaseFile {
     disks: Vec<DiskConfig>,
     #[serde(default)]
     nets: Vec<NetConfig>,
+    #[serde(default)]
+    vsock: Option<VsockConfig>,
     #[serde(default = "default_boot_timeout", with = "file::duration")]
     boot_timeout: Option<Duration>,
     #[serde(default)]
@@ -134,6 +136,7 @@ pub fn parse(text: &str, dir: &Path) -> Result<Vec<MatrixCase>, String> {
                     })
                     .collect(),
                 nets: c.nets,
+                vsock: c.vsock,
                 boot_timeout: c.boot_timeout,
                 timeout: c.timeout.or(file.timeout),
                 vfio_backend: c.vfio_backend.or(file.vfio_backend),

@@ -12,9 +12,7 @@ use arch::pci_windows::{guest_phys_bits, PciWindows};
 use crate::config::{host_ram_bytes, ConfigError, VmConfig};
 use crate::console::Console;
 use crate::control::{run_until_exit, ControlInputs};
-use crate::device_manager::{
-    open_disks, open_nets, DeviceManager, OpenedDisk, OpenedNet, SlotRange, VmParts,
-};
+use crate::device_manager::{DeviceManager, OpenedVirtio, SlotRange, VmParts};
 use crate::error::{Error, Result};
 use crate::exit::{panic_message, ExitChannel, VmExit};
 use crate::handle::{VmHandle, VmShared, VmState};
@@ -33,8 +31,8 @@ pub struct Vm {
     /// are opened through.
     passthrough: Vec<CheckedDevice>,
     backend: VfioBackend,
-    /// The disks' images, open and locked; the network interfaces' taps, open.
-    virtio: (Vec<OpenedDisk>, Vec<OpenedNet>),
+    /// The disks' images (open and locked), the taps, the vsock's socket (bound).
+    virtio: OpenedVirtio,
     console: Console,
     exit: Arc<ExitChannel>,
     timeline: Arc<Timeline>,
@@ -76,7 +74,7 @@ impl Vm {
         }
         boot::build_cmdline(&config.kernel.cmdline)?;
         let (passthrough, backend) = preflight(host, &config)?;
-        let virtio = (open_disks(&config.disks)?, open_nets(&config.nets)?);
+        let virtio = OpenedVirtio::open(&config)?;
         let seccomp = seccomp::Policy::new(config.security.seccomp)?;
         let exit = ExitChannel::with_seccomp(seccomp).map_err(Error::io("the exit event"))?;
         Ok(Self {
@@ -199,7 +197,7 @@ fn start_run_timer(exit: &Arc<ExitChannel>, limit: std::time::Duration) -> Resul
 fn run_vm(
     config: &VmConfig,
     (passthrough, backend): (&[CheckedDevice], VfioBackend),
-    virtio: (Vec<OpenedDisk>, Vec<OpenedNet>),
+    virtio: OpenedVirtio,
     console: Console,
     shared: &VmShared,
 ) -> Result<VmExit> {
@@ -234,7 +232,7 @@ fn run_vm(
     };
     devices.attach_passthrough(&parts, passthrough, &config.devices, backend)?;
     devices.attach_virtio(&parts, virtio, passthrough)?;
-    if devices.has_passthrough() || !config.disks.is_empty() || !config.nets.is_empty() {
+    if devices.has_passthrough() || devices.has_virtio() {
         timeline.mark(Milestone::DevicesReady);
     }
     if crate::faults::fail_after_devices() {

@@ -39,10 +39,12 @@ mod notify;
 mod pci;
 #[cfg(test)]
 mod tests;
+pub mod vsock;
 
 pub use block::{BlockError, VirtioBlock};
 pub use net::{stable_mac, NetError, NetStats, VirtioNet};
 pub use pci::VirtioPciDevice;
+pub use vsock::{VirtioVsock, VsockError};
 
 /// Virtio device type ids (virtio spec 5).
 pub const TYPE_NET: u32 = 1;

@@ -99,6 +99,9 @@ struct VmInfo<'a> {
     /// The virtio network interfaces in guest order (eth0 first), in `--net`'s form.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     nets: Vec<String>,
+    /// The vsock device, in `--vsock`'s form; absent when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vsock: Option<String>,
 }
 
 /// The body of the replies that only show the state (pause, resume, reboot).
@@ -164,6 +167,7 @@ pub fn respond(req: &Request, vm: &dyn VmControl, config: &VmConfig) -> Response
                     devices: config.devices.iter().map(|d| d.to_string()).collect(),
                     disks: config.disks.iter().map(|d| d.to_string()).collect(),
                     nets: config.nets.iter().map(|n| n.to_string()).collect(),
+                    vsock: config.vsock.as_ref().map(|v| v.to_string()),
                 },
             )
         }

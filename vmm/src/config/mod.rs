@@ -25,6 +25,7 @@ pub mod disk;
 pub mod file;
 pub mod net;
 pub mod security;
+pub mod vsock;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -41,6 +42,7 @@ pub use host::hugepages::HugePageSize;
 pub use host::vfio_backend::VfioBackend;
 pub use net::{Mac, NetConfig, NetError};
 pub use security::{SecurityConfig, SecurityError};
+pub use vsock::{VsockConfig, VsockError};
 
 /// The guest kernel and how it is started.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +100,9 @@ pub struct VmConfig {
     /// virtio network interfaces, each on a tap (eth0 first).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nets: Vec<NetConfig>,
+    /// The guest's vsock device, its host side a Unix socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<VsockConfig>,
     /// Fail the run when the guest has not touched the serial port or the marker port within
     /// this time: a kernel that never boots. `None` waits forever.
     #[serde(default = "default_boot_timeout", with = "file::duration")]
@@ -139,6 +144,7 @@ impl VmConfig {
             devices: Vec::new(),
             disks: Vec::new(),
             nets: Vec::new(),
+            vsock: None,
             boot_timeout: default_boot_timeout(),
             timeout: None,
             vfio_backend: None,
@@ -236,7 +242,7 @@ pub enum ConfigError {
     MemoryAboveMax { got: String, max: String },
     #[error("devices lists {functions} functions in {slots} host slots, more than the guest's PCI bus 0 holds ({GUEST_PCI_SLOTS} slots, one per host slot, of {MAX_FUNCTIONS} functions); pass fewer devices")]
     TooManyDevices { functions: usize, slots: usize },
-    #[error("{slots} host slots of devices and {virtio} virtio devices (disks, nets) are more than the guest's PCI bus 0 holds ({GUEST_PCI_SLOTS} slots, one per virtio device); pass fewer")]
+    #[error("{slots} host slots of devices and {virtio} virtio devices (disks, nets, vsock) are more than the guest's PCI bus 0 holds ({GUEST_PCI_SLOTS} slots, one per virtio device); pass fewer")]
     TooManyVirtio { slots: usize, virtio: usize },
     /// The file could not be read (`reason`: the I/O error, or why it is not read at all).
     #[error("config file {path}: {reason}; check its path")]
@@ -254,6 +260,8 @@ pub enum ConfigError {
     Disk(#[from] DiskError),
     #[error(transparent)]
     Net(#[from] NetError),
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
 }
 
 /// Guest PCI slots for passed-through devices: bus 0 only (no bridges), slot 0 is the host
@@ -287,8 +295,11 @@ impl VmConfig {
         for n in &self.nets {
             n.validate()?;
         }
+        if let Some(v) = &self.vsock {
+            v.validate()?;
+        }
         let slots = validate_devices(&self.device_bdfs())?;
-        let virtio = self.disks.len() + self.nets.len();
+        let virtio = self.disks.len() + self.nets.len() + usize::from(self.vsock.is_some());
         if slots + virtio > GUEST_PCI_SLOTS {
             return Err(ConfigError::TooManyVirtio { slots, virtio });
         }
@@ -568,7 +579,7 @@ mod tests {
         );
         assert_eq!(
             err.to_string(),
-            "30 host slots of devices and 2 virtio devices (disks, nets) are more than the guest's PCI bus 0 holds (31 slots, one per virtio device); pass fewer"
+            "30 host slots of devices and 2 virtio devices (disks, nets, vsock) are more than the guest's PCI bus 0 holds (31 slots, one per virtio device); pass fewer"
         );
         cfg.disks.pop();
         assert!(cfg

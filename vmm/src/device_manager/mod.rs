@@ -26,7 +26,7 @@ use kvm_ioctls::VmFd;
 
 pub use passthrough::{SlotRange, VmParts};
 pub use platform::PlatformDevices;
-pub use virtio::{open_disks, open_nets, OpenedDisk, OpenedNet};
+pub use virtio::OpenedVirtio;
 
 use host::preflight::CheckedDevice;
 use host::vfio_backend::VfioBackend;
@@ -104,15 +104,15 @@ impl DeviceManager {
         Ok(())
     }
 
-    /// Put the opened `disks` and `nets` on the PCI root, in the guest slots after the
+    /// Put the `opened` virtio devices on the PCI root, in the guest slots after the
     /// passed-through functions' (`devices`, as given to `attach_passthrough`).
     pub fn attach_virtio(
         &mut self,
         vm: &VmParts,
-        (disks, nets): (Vec<OpenedDisk>, Vec<OpenedNet>),
+        opened: OpenedVirtio,
         devices: &[CheckedDevice],
     ) -> Result<()> {
-        if disks.is_empty() && nets.is_empty() {
+        if opened.is_empty() {
             return Ok(());
         }
         let bdfs: Vec<_> = devices.iter().map(|d| d.bdf).collect();
@@ -121,7 +121,7 @@ impl DeviceManager {
             .map(|b| b.device)
             .max()
             .unwrap_or(0);
-        let attached = virtio::attach(vm, &self.pci.root, &self.router, (disks, nets), first_slot)?;
+        let attached = virtio::attach(vm, &self.pci.root, &self.router, opened, first_slot)?;
         self.virtio = Some(attached);
         Ok(())
     }
@@ -129,6 +129,10 @@ impl DeviceManager {
     /// Why guest RAM's DMA mapping failed (the VM was stopped for it), once it has.
     pub fn take_dma_error(&self) -> Option<crate::error::Error> {
         self.passthrough.as_ref()?.take_dma_error()
+    }
+
+    pub fn has_virtio(&self) -> bool {
+        self.virtio.is_some()
     }
 
     pub fn has_passthrough(&self) -> bool {

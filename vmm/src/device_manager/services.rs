@@ -82,6 +82,7 @@ fn thread_kind(kind: WorkerKind) -> ThreadKind {
     match kind {
         WorkerKind::VirtioBlock => ThreadKind::VirtioBlock,
         WorkerKind::VirtioNet => ThreadKind::VirtioNet,
+        WorkerKind::VirtioVsock => ThreadKind::VirtioVsock,
     }
 }
 

@@ -1,6 +1,6 @@
-//! virtio devices on the PCI root, after the passed-through functions (disks, then network
-//! interfaces): their images and taps opened before the VM is made (a bad disk or tap fails
-//! the run before KVM or VFIO is touched), their
+//! virtio devices on the PCI root, after the passed-through functions (disks, network
+//! interfaces, then the vsock): their images, taps and socket opened before the VM is made (a
+//! bad disk, tap or socket path fails the run before KVM or VFIO is touched), their
 //! queue notifications on KVM ioeventfds, their work on confined worker threads. The PCI
 //! root owns them; dropping a device stops its worker (joined) and unregisters its
 //! ioeventfds and interrupts, so the teardown of the root is theirs too.
@@ -11,30 +11,55 @@ use std::sync::{Arc, Mutex};
 
 use devices::pci::root::PciRoot;
 use devices::virtio::{
-    stable_mac, VirtioBlock, VirtioDevice, VirtioNet, VirtioPciDevice, VirtioServices,
+    stable_mac, VirtioBlock, VirtioDevice, VirtioNet, VirtioPciDevice, VirtioServices, VirtioVsock,
 };
 
 use super::passthrough::VmParts;
 use super::services::{ConfinedWorkers, KvmIoEvents};
-use crate::config::{DiskConfig, NetConfig};
+use crate::config::{DiskConfig, NetConfig, VmConfig};
 use crate::error::{Error, Result};
 use crate::interrupts::KvmInterruptRouter;
 
+/// What the VM's virtio devices opened on the host, waiting for their places on the PCI
+/// root.
+pub struct OpenedVirtio {
+    disks: Vec<OpenedDisk>,
+    nets: Vec<OpenedNet>,
+    vsock: Option<VirtioVsock>,
+}
+
+impl OpenedVirtio {
+    /// Open what `config` asks for: images, taps, the vsock's socket (bound now).
+    pub fn open(config: &VmConfig) -> Result<Self> {
+        let disks = open_disks(&config.disks)?;
+        let nets = open_nets(&config.nets)?;
+        let vsock = match &config.vsock {
+            Some(v) => Some(VirtioVsock::open(v.cid, &v.socket).map_err(Error::Vsock)?),
+            None => None,
+        };
+        Ok(Self { disks, nets, vsock })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.disks.is_empty() && self.nets.is_empty() && self.vsock.is_none()
+    }
+}
+
 /// A disk's image, open and locked, waiting for its place on the PCI root.
-pub struct OpenedDisk {
-    pub config: DiskConfig,
+struct OpenedDisk {
+    config: DiskConfig,
     block: VirtioBlock,
 }
 
 /// A network interface's tap, open, waiting for its place on the PCI root.
-pub struct OpenedNet {
-    pub config: NetConfig,
+struct OpenedNet {
+    config: NetConfig,
     net: VirtioNet,
 }
 
 /// Open every network interface's tap (in order: the first is the guest's eth0). A missing
 /// MAC is derived from the tap's name and the interface's place: the same every run.
-pub fn open_nets(nets: &[NetConfig]) -> Result<Vec<OpenedNet>> {
+fn open_nets(nets: &[NetConfig]) -> Result<Vec<OpenedNet>> {
     nets.iter()
         .enumerate()
         .map(|(index, config)| {
@@ -54,7 +79,7 @@ pub fn open_nets(nets: &[NetConfig]) -> Result<Vec<OpenedNet>> {
 
 /// Open every disk's image (in order: the first is the guest's vda). The same image twice
 /// is refused unless every use of it is read-only.
-pub fn open_disks(disks: &[DiskConfig]) -> Result<Vec<OpenedDisk>> {
+fn open_disks(disks: &[DiskConfig]) -> Result<Vec<OpenedDisk>> {
     let mut seen: Vec<(u64, u64, usize)> = Vec::new();
     let mut opened = Vec::with_capacity(disks.len());
     for (index, config) in disks.iter().enumerate() {
@@ -100,15 +125,16 @@ pub struct VirtioDevices {
     _workers: Arc<ConfinedWorkers>,
 }
 
-/// Put `disks`, then `nets`, on `root` from guest slot `first_slot` on, one slot each,
-/// their vectors routed by `router`.
+/// Put the disks, the network interfaces and the vsock of `opened` on `root` from guest slot
+/// `first_slot` on, one slot each, their vectors routed by `router`.
 pub fn attach(
     vm: &VmParts,
     root: &PciRoot,
     router: &Arc<KvmInterruptRouter>,
-    (disks, nets): (Vec<OpenedDisk>, Vec<OpenedNet>),
+    opened: OpenedVirtio,
     first_slot: u8,
 ) -> Result<VirtioDevices> {
+    let OpenedVirtio { disks, nets, vsock } = opened;
     let workers = Arc::new(
         ConfinedWorkers::start(vm.exit.clone()).map_err(Error::io("the device worker launcher"))?,
     );
@@ -126,7 +152,15 @@ pub fn attach(
         let what = format!("net{i} ({}, MAC {mac})", n.config);
         (what, Box::new(n.net) as Box<dyn VirtioDevice>)
     });
-    for ((what, device), slot) in disks.chain(nets).zip(first_slot..) {
+    let vsock = vsock.into_iter().map(|v| {
+        let what = format!(
+            "vsock (cid {}, socket {})",
+            v.cid(),
+            v.socket_path().display()
+        );
+        (what, Box::new(v) as Box<dyn VirtioDevice>)
+    });
+    for ((what, device), slot) in disks.chain(nets).chain(vsock).zip(first_slot..) {
         // INTx for a guest without MSI-X: pin INTA of its slot.
         let intx_gsi = arch::acpi::pci_intx_gsi(slot, 0);
         let name = what.split(' ').next().unwrap_or_default().to_string();

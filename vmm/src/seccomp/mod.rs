@@ -86,10 +86,12 @@ pub enum ThreadKind {
     VirtioBlock,
     /// A virtio network device's worker: frames between its queues and its tap.
     VirtioNet,
+    /// A virtio vsock device's worker: the queues and the host's Unix sockets.
+    VirtioVsock,
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 9] = [
+    pub const ALL: [ThreadKind; 10] = [
         ThreadKind::Vm,
         ThreadKind::Vcpu,
         ThreadKind::Api,
@@ -99,6 +101,7 @@ impl ThreadKind {
         ThreadKind::Launcher,
         ThreadKind::VirtioBlock,
         ThreadKind::VirtioNet,
+        ThreadKind::VirtioVsock,
     ];
 }
 

@@ -46,7 +46,8 @@ const COMMON: &[i64] = &[
 /// then the teardown of the vCPUs (kicked with a signal, joined) and of every device:
 /// interrupts off, KVM slots and irqfds removed, the device reset, guest RAM unmapped from
 /// the IOMMU, the group released (vfio-ioctls reads its iommu_group link) or, with iommufd,
-/// the cdev detached from the IOAS and the IOAS destroyed, fds closed.
+/// the cdev detached from the IOAS and the IOAS destroyed, fds closed; the vsock's socket
+/// file removed.
 const VM: &[i64] = &[
     libc::SYS_epoll_create1,
     libc::SYS_epoll_ctl,
@@ -60,6 +61,11 @@ const VM: &[i64] = &[
     libc::SYS_tgkill,
     libc::SYS_readlink,
     libc::SYS_readlinkat,
+    // The vsock's socket file, removed when the device goes (if it is still the one bound).
+    libc::SYS_statx,
+    libc::SYS_newfstatat,
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
 ];
 const VM_IOCTLS: &[u64] = &[
     KVM_SET_USER_MEMORY_REGION,
@@ -159,6 +165,19 @@ const VIRTIO_BLOCK: &[i64] = &[
 /// Waits on its tap, its queues' notifiers, stop and resample eventfds (poll); frames are
 /// read from and written to the tap (one read or write each); signals interrupt eventfds.
 const VIRTIO_NET: &[i64] = &[libc::SYS_poll, libc::SYS_ppoll, libc::SYS_read];
+/// The vsock worker (devices::virtio::vsock, worker.rs lists these): poll, eventfd reads,
+/// accepting host clients, connecting to `<socket>_<port>` (AF_UNIX only), send/recv,
+/// shutdown.
+const VIRTIO_VSOCK: &[i64] = &[
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_read,
+    libc::SYS_accept4,
+    libc::SYS_connect,
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
+    libc::SYS_shutdown,
+];
 
 /// Starting a thread (the clone, its stack, what glibc and std do in the new thread before
 /// it installs its own filter: robust list, rseq, its name, then the filter), and, because
@@ -172,7 +191,7 @@ const LAUNCHER: &[i64] = &[
 ];
 
 /// The worker kinds a launcher starts.
-const WORKERS: &[&[i64]] = &[VIRTIO_BLOCK, VIRTIO_NET];
+const WORKERS: &[&[i64]] = &[VIRTIO_BLOCK, VIRTIO_NET, VIRTIO_VSOCK];
 
 /// The rules of `kind`'s filter.
 pub fn allowed(kind: ThreadKind) -> Result<Rules, BackendError> {
@@ -186,6 +205,7 @@ pub fn allowed(kind: ThreadKind) -> Result<Rules, BackendError> {
         ThreadKind::Launcher => (LAUNCHER, &[]),
         ThreadKind::VirtioBlock => (VIRTIO_BLOCK, &[]),
         ThreadKind::VirtioNet => (VIRTIO_NET, &[]),
+        ThreadKind::VirtioVsock => (VIRTIO_VSOCK, &[]),
     };
     let mut rules: Rules = COMMON.iter().chain(plain).map(|&nr| (nr, vec![])).collect();
     // std's debug builds check that a file descriptor is open before closing it (F_GETFD).
@@ -205,6 +225,10 @@ pub fn allowed(kind: ThreadKind) -> Result<Rules, BackendError> {
         for &nr in WORKERS.iter().copied().flatten() {
             rules.insert(nr, vec![]);
         }
+    }
+    if matches!(kind, ThreadKind::VirtioVsock | ThreadKind::Launcher) {
+        // The vsock worker's sockets are Unix stream sockets only.
+        rules.insert(libc::SYS_socket, vec![arg_is(0, libc::AF_UNIX as u64)?]);
     }
     if matches!(kind, ThreadKind::Api | ThreadKind::Launcher) {
         // A thread it starts names itself, then installs its own filter.

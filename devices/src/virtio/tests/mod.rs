@@ -6,6 +6,7 @@ mod block;
 mod net;
 mod net_driver;
 mod transport;
+mod vsock;
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -8,7 +8,9 @@ use clap::{Args, Parser, Subcommand};
 use devices::pci::Bdf;
 use vmm::config::parse_vcpus;
 use vmm::config::security::SeccompMode;
-use vmm::config::{ConfigError, DeviceConfig, DiskConfig, HugePageSize, NetConfig, VfioBackend};
+use vmm::config::{
+    ConfigError, DeviceConfig, DiskConfig, HugePageSize, NetConfig, VfioBackend, VsockConfig,
+};
 use vmm::VmConfig;
 
 #[derive(Debug, Parser)]
@@ -23,6 +25,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of `Run` does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Boot a Linux guest; its serial console is this terminal.
@@ -194,6 +198,12 @@ pub struct RunArgs {
     /// the same every run). Repeatable: the first is the guest's eth0.
     #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]", value_parser = parse_net_arg)]
     pub nets: Vec<NetConfig>,
+    /// A vsock device: the guest's cid (3 or more) and the Unix socket zhitong listens on.
+    /// A host process connects to PATH and sends the line "CONNECT PORT" to reach the
+    /// guest's PORT (zhitong answers "OK N"); the guest's connections to the host (cid 2)
+    /// port P reach the Unix socket PATH_P. Firecracker's and Cloud Hypervisor's convention.
+    #[arg(long, value_name = "cid=N,socket=PATH", value_parser = parse_vsock_arg)]
+    pub vsock: Option<VsockConfig>,
     /// Print the boot timeline as one JSON line on stderr at exit.
     #[arg(long)]
     pub timings: bool,
@@ -244,6 +254,11 @@ fn parse_disk_arg(s: &str) -> Result<DiskConfig, String> {
 
 fn parse_net_arg(s: &str) -> Result<NetConfig, String> {
     s.parse().map_err(|e: vmm::config::NetError| e.to_string())
+}
+
+fn parse_vsock_arg(s: &str) -> Result<VsockConfig, String> {
+    s.parse()
+        .map_err(|e: vmm::config::VsockError| e.to_string())
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
@@ -321,6 +336,9 @@ impl RunArgs {
         }
         if !self.nets.is_empty() {
             cfg.nets = self.nets.clone();
+        }
+        if let Some(vsock) = &self.vsock {
+            cfg.vsock = Some(vsock.clone());
         }
         if let Some(limit) = self.boot_timeout {
             cfg.boot_timeout = (!limit.is_zero()).then_some(limit);

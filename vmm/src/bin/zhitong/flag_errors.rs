@@ -77,7 +77,7 @@ fn config_message(e: &ConfigError) -> String {
             devices::pci::address::MAX_FUNCTIONS
         ),
         ConfigError::TooManyVirtio { slots, virtio } => format!(
-            "--device takes {slots} guest slots and --disk/--net {virtio}, more than the guest's PCI bus 0 holds ({} slots, one per --disk or --net); pass fewer",
+            "--device takes {slots} guest slots and --disk/--net/--vsock {virtio}, more than the guest's PCI bus 0 holds ({} slots, one per --disk, --net or --vsock); pass fewer",
             vmm::config::GUEST_PCI_SLOTS
         ),
         ConfigError::FileUnreadable { path, reason } => {
@@ -91,6 +91,7 @@ fn config_message(e: &ConfigError) -> String {
         ConfigError::Device(d) => format!("--device: {d}"),
         ConfigError::Disk(d) => format!("--disk: {d}"),
         ConfigError::Net(n) => format!("--net: {n}"),
+        ConfigError::Vsock(v) => format!("--vsock: {v}"),
         ConfigError::Unit(_) | ConfigError::File { .. } => e.to_string(),
     }
 }

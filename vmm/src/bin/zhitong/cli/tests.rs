@@ -58,6 +58,8 @@ fn all_flags() {
         "path=/dev/sdb,readonly=on,serial=data-1",
         "--net",
         "tap=zt0,mac=52:54:00:12:34:56",
+        "--vsock",
+        "cid=7,socket=/run/v.sock",
     ]);
     let Parsed::Run(cli) = p else { panic!("{p:?}") };
     let Command::Run(args) = cli.command else {
@@ -121,6 +123,7 @@ fn errors_are_one_line_with_the_fix() {
             "want readonly=on|off",
         ),
         (run_args(&["--net", "zt0"]), "write tap=zt0"),
+        (run_args(&["--vsock", "cid=2,socket=/s"]), "want 3 to 4294967294"),
         (
             run_args(&["--net", "tap=zt0,mac=01:02:03:04:05:06"]),
             "is a multicast address",

@@ -1,6 +1,6 @@
-//! `zhitong run --disk` with bad images: one line naming the image and the fix, exit 2,
-//! before KVM or any device is touched (these run on a host without a usable /dev/kvm), and
-//! no image left locked.
+//! `zhitong run --disk`, `--net` and `--vsock` with bad images, taps and sockets: one line
+//! naming the cause and the fix, exit 2, before KVM or any device is touched (these run on a
+//! host without a usable /dev/kvm), and nothing left locked or bound.
 
 use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt;
@@ -196,4 +196,55 @@ fn a_busy_tap_is_refused() {
         stderr.contains(&format!("tap {name}: busy: another process has it open")),
         "{stderr}"
     );
+}
+
+/// A vsock socket path where another process listens, that is not a socket, or whose
+/// directory is missing, and a host cid: refused, and a file that is not a socket is kept.
+#[test]
+fn vsock_socket_paths_in_use_or_not_sockets_are_refused() {
+    let dir = scratch("vsock");
+    let kernel = fake_kernel(&dir);
+    let busy = dir.join("busy.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&busy).unwrap();
+    let plain = image(&dir, "plain.file");
+    let run_vsock = |path: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_zhitong"))
+            .args(["run", "--kernel", kernel.to_str().unwrap()])
+            .args(["--vsock", &format!("cid=3,socket={}", path.display())])
+            .args(["--boot-timeout", "1s"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for (path, want) in [
+        (&busy, "is in use (a process listens on it)"),
+        (&plain, "exists and is not a socket"),
+    ] {
+        let (status, stderr) = run_vsock(path);
+        assert_eq!(status, Some(2), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(want), "{stderr}");
+    }
+    assert!(plain.exists(), "a file that is not a socket was removed");
+    let (status, stderr) = run_vsock(&dir.join("cid.sock").with_file_name("x").join("y.sock"));
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(stderr.contains("the directory does not exist"), "{stderr}");
+    let (status, stderr) = {
+        let out = Command::new(env!("CARGO_BIN_EXE_zhitong"))
+            .args(["run", "--kernel", kernel.to_str().unwrap()])
+            .args(["--vsock", "cid=2,socket=/tmp/x.sock"])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(stderr.contains("--vsock"), "{stderr}");
 }
