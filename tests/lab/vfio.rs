@@ -18,6 +18,7 @@ use crate::guest::Guest;
 use crate::{workspace_root, Lab, LabRun, Result};
 
 mod checks;
+pub mod virtio;
 pub mod zhitong;
 pub use checks::*;
 

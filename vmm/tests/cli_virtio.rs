@@ -23,6 +23,7 @@ fn fake_kernel(dir: &Path) -> PathBuf {
     h[58] = 64; // e_shentsize
     let path = dir.join("vmlinux");
     fs::write(&path, h).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
     path
 }
 
@@ -30,6 +31,8 @@ fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("zhitong-disks-{name}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
+    // Reachable by the unprivileged user a test may run zhitong as, whatever the umask.
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
     dir
 }
 
@@ -131,12 +134,22 @@ fn a_read_only_file_needs_readonly_on() {
     let kernel = fake_kernel(&dir);
     let img = image(&dir, "ro.img");
     fs::set_permissions(&img, fs::Permissions::from_mode(0o444)).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_zhitong"));
+    // SAFETY: geteuid takes nothing and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    // Root writes through file modes: run as nobody, who can only read the image, from a
+    // copy of the binary nobody can reach (the checkout may be in a private directory).
+    let bin = if root {
+        let copy = dir.join("zhitong");
+        fs::copy(env!("CARGO_BIN_EXE_zhitong"), &copy).unwrap();
+        fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
+        copy
+    } else {
+        PathBuf::from(env!("CARGO_BIN_EXE_zhitong"))
+    };
+    let mut cmd = Command::new(&bin);
     cmd.args(["run", "--kernel", kernel.to_str().unwrap()])
         .args(["--disk", &format!("path={}", img.display())]);
-    // SAFETY: geteuid takes nothing and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        // Root writes through file modes: run as nobody, who can only read the image.
+    if root {
         use std::os::unix::process::CommandExt;
         cmd.uid(65534).gid(65534);
     }

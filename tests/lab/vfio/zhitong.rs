@@ -20,133 +20,73 @@ pub fn more_msi(lab: Lab, flavour: Flavour) -> Lab {
         _ => &[],
     };
     let held = guest(&["virtio_pci", "virtio_gpu"], &[]).end_with("sleep 100000");
-    lab.case(
-        passthrough(Vmm::Zhitong, "gpu-sigterm", &[GPU.bdf], held)
-            .timings(false)
-            .stop_with("TERM", "L2: done")
-            .timeout(Duration::from_secs(60)),
-    )
-    .case(passthrough(
-        Vmm::Zhitong,
-        "gpu-again",
-        &[GPU.bdf],
-        gpu_guest(&GPU),
-    ))
-    .case(
-        // Peer-to-peer: the guest moves BAR0 (decode on) and back before bochs-drm draws.
-        passthrough(
-            Vmm::Zhitong,
-            "bochs-p2p",
-            &[&format!("{},p2p=on", BOCHS.bdf)],
-            guest(
-                &["bochs"],
-                &[
-                    format!(
-                        "bar_move_test $(pci_dev {} {}) -0x2000000",
-                        BOCHS.ids.0, BOCHS.ids.1
-                    ),
-                    format!(
-                        "display_test bochs $(pci_dev {} {}) {}",
-                        BOCHS.ids.0, BOCHS.ids.1, BOCHS.id
-                    ),
-                ],
-            ),
+    let lab = lab
+        .case(
+            passthrough(Vmm::Zhitong, "gpu-sigterm", &[GPU.bdf], held)
+                .timings(false)
+                .stop_with("TERM", "L2: done")
+                .timeout(Duration::from_secs(60)),
         )
-        .env("ZHITONG_LOG", "debug")
-        .args(p2p_backend.iter().copied()),
-    )
-    .case(
-        passthrough(Vmm::Zhitong, "gpu-user", &[GPU.bdf], gpu_guest(&GPU))
-            .args(["--user", "1000:1000"])
-            .probe_when(VCPU_RUNS, USER_PROBE),
-    )
-    // Guest RAM's DMA mapping fails: the VM ends with that error and releases the NVMe,
-    // which the next case gets with its mapping 20 s late (the guest's nvme driver enables
-    // bus mastering meanwhile and waits).
-    .case(
-        passthrough(Vmm::Zhitong, "nvme-dma-fails", &[NVME.bdf], nvme_guest())
-            .env("ZHITONG_TEST_FAULT", "dma-map-fail:0")
-            .timings(false)
-            .timeout(Duration::from_secs(60)),
-    )
-    .case(
-        passthrough(Vmm::Zhitong, "nvme-dma-late", &[NVME.bdf], nvme_guest())
-            .env("ZHITONG_TEST_FAULT", "dma-map-delay:20000")
-            .env("ZHITONG_LOG", "info"),
-    )
-    .device(&format!(
-        "pcie-root-port,id=zt-rp,chassis=9,addr=0x{TESTDEV_PORT:x}"
-    ))
-    .device("pci-testdev,bus=zt-rp,addr=0.0,multifunction=on")
-    .device("pci-testdev,bus=zt-rp,addr=0.1")
-    .bind(TESTDEV[0])
-    .bind(TESTDEV[1])
-    .case(
-        passthrough(Vmm::Zhitong, "testdev-bus-reset", &TESTDEV, testdev_guest())
-            .env("ZHITONG_LOG", "info"),
-    )
-    // A passed-through GPU and a virtio-blk disk in one VM: one PCI root, one GSI routing
-    // table, both on MSI-X.
-    .disk_image(GPU_DISK, &gpu_disk_image().0)
-    .case(
-        passthrough(Vmm::Zhitong, "gpu-disk", &[GPU.bdf], gpu_disk_guest()).disk(
-            GPU_DISK,
-            true,
-            Some("zt-data"),
-        ),
-    )
-}
-
-/// The gpu-disk case's read-only data disk in L1.
-const GPU_DISK: &str = "/disks/gpu-data.img";
-
-/// The data disk on L0 and its md5.
-fn gpu_disk_image() -> &'static (std::path::PathBuf, String) {
-    static IMAGE: std::sync::OnceLock<(std::path::PathBuf, String)> = std::sync::OnceLock::new();
-    IMAGE.get_or_init(|| {
-        let dir = crate::workspace_root().join("target/lab-out/disk-images");
-        std::fs::create_dir_all(&dir).expect("target/lab-out/disk-images");
-        let path = dir.join("gpu-data.img");
-        let md5 = crate::disk::pattern_image(&path, 1 << 20).expect("the gpu-disk image");
-        (path, md5)
-    })
-}
-
-/// The GPU draws; the disk reads back (md5), with its serial and its interrupt kind.
-fn gpu_disk_guest() -> Guest {
-    guest(
-        &["virtio_pci", "virtio_gpu", "virtio_blk"],
-        &[
-            format!("display_test gpu {} {}", GPU.find(), GPU.id),
-            "echo \"L2: vda_md5=$(md5sum < /dev/vda | cut -d' ' -f1)\"".into(),
-            "echo \"L2: vda_serial=$(cat /sys/block/vda/serial)\"".into(),
-            "echo \"L2: vda_irqs=$(grep -c 'virtio.*-req' /proc/interrupts)\"".into(),
-        ],
-    )
-}
-
-/// A GPU passed through and a virtio disk in one VM: the GPU draws and interrupts (MSI-X),
-/// the disk reads back what L0 wrote, on an MSI-X vector of its own.
-pub fn a_passed_through_gpu_and_a_virtio_disk_share_the_vm(msi: &VfioRun) {
-    let run = &msi.run;
-    assert_display(run, "gpu-disk", VIRTIO_GPU);
-    let c = run.case("gpu-disk");
-    let want = &gpu_disk_image().1;
-    c.check(
-        c.marker("vda_md5") == Some(want.as_str()),
-        &format!("vda read as md5 {:?}, want {want}", c.marker("vda_md5")),
-    );
-    c.check(
-        c.marker("vda_serial") == Some("zt-data"),
-        &format!("vda's serial {:?}", c.marker("vda_serial")),
-    );
-    c.check(
-        c.marker_u64("vda_irqs").is_some_and(|n| n >= 1),
-        &format!(
-            "virtio-blk request vectors in /proc/interrupts: {:?}",
-            c.marker("vda_irqs")
-        ),
-    );
+        .case(passthrough(
+            Vmm::Zhitong,
+            "gpu-again",
+            &[GPU.bdf],
+            gpu_guest(&GPU),
+        ))
+        .case(
+            // Peer-to-peer: the guest moves BAR0 (decode on) and back before bochs-drm draws.
+            passthrough(
+                Vmm::Zhitong,
+                "bochs-p2p",
+                &[&format!("{},p2p=on", BOCHS.bdf)],
+                guest(
+                    &["bochs"],
+                    &[
+                        format!(
+                            "bar_move_test $(pci_dev {} {}) -0x2000000",
+                            BOCHS.ids.0, BOCHS.ids.1
+                        ),
+                        format!(
+                            "display_test bochs $(pci_dev {} {}) {}",
+                            BOCHS.ids.0, BOCHS.ids.1, BOCHS.id
+                        ),
+                    ],
+                ),
+            )
+            .env("ZHITONG_LOG", "debug")
+            .args(p2p_backend.iter().copied()),
+        )
+        .case(
+            passthrough(Vmm::Zhitong, "gpu-user", &[GPU.bdf], gpu_guest(&GPU))
+                .args(["--user", "1000:1000"])
+                .probe_when(VCPU_RUNS, USER_PROBE),
+        )
+        // Guest RAM's DMA mapping fails: the VM ends with that error and releases the NVMe,
+        // which the next case gets with its mapping 20 s late (the guest's nvme driver enables
+        // bus mastering meanwhile and waits).
+        .case(
+            passthrough(Vmm::Zhitong, "nvme-dma-fails", &[NVME.bdf], nvme_guest())
+                .env("ZHITONG_TEST_FAULT", "dma-map-fail:0")
+                .timings(false)
+                .timeout(Duration::from_secs(60)),
+        )
+        .case(
+            passthrough(Vmm::Zhitong, "nvme-dma-late", &[NVME.bdf], nvme_guest())
+                .env("ZHITONG_TEST_FAULT", "dma-map-delay:20000")
+                .env("ZHITONG_LOG", "info"),
+        )
+        .device(&format!(
+            "pcie-root-port,id=zt-rp,chassis=9,addr=0x{TESTDEV_PORT:x}"
+        ))
+        .device("pci-testdev,bus=zt-rp,addr=0.0,multifunction=on")
+        .device("pci-testdev,bus=zt-rp,addr=0.1")
+        .bind(TESTDEV[0])
+        .bind(TESTDEV[1])
+        .case(
+            passthrough(Vmm::Zhitong, "testdev-bus-reset", &TESTDEV, testdev_guest())
+                .env("ZHITONG_LOG", "info"),
+        );
+    super::virtio::more_msi(lab)
 }
 
 /// Two functions of one device below a PCIe root port, neither with a reset of its own
@@ -381,7 +321,12 @@ macro_rules! zhitong_vfio_suite {
 
         #[test]
         fn a_passed_through_gpu_and_a_virtio_disk_share_the_vm() {
-            $crate::vfio::zhitong::a_passed_through_gpu_and_a_virtio_disk_share_the_vm(msi());
+            $crate::vfio::virtio::a_passed_through_gpu_and_a_virtio_disk_share_the_vm(msi());
+        }
+
+        #[test]
+        fn a_gpu_a_root_disk_and_a_network_in_one_vm() {
+            $crate::vfio::virtio::a_gpu_a_root_disk_and_a_network_in_one_vm(msi());
         }
 
         #[test]

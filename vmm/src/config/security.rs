@@ -182,7 +182,8 @@ mod tests {
         assert_eq!(SecurityConfig::default().validate(1000), Ok(()));
     }
 
-    /// docs/config.md's example parses, its `[security]` table included.
+    /// docs/config.md's example parses and validates, its `[security]` table and virtio
+    /// devices included.
     #[test]
     fn the_documented_example_parses() {
         let doc = include_str!("../../../docs/config.md");
@@ -195,6 +196,10 @@ mod tests {
             .unwrap();
         let cfg = crate::config::file::parse(toml, true).unwrap();
         assert_eq!(cfg.security.seccomp, SeccompMode::On);
+        // The virtio devices' entries are there and valid too.
+        assert_eq!((cfg.disks.len(), cfg.nets.len()), (2, 2));
+        assert_eq!(cfg.vsock.as_ref().map(|v| v.cid), Some(3));
+        cfg.validate(None).unwrap();
         assert_eq!(
             cfg.security.user,
             Some(User {
