@@ -223,3 +223,62 @@ fn odd_sizes_round_down() {
         2
     );
 }
+
+/// A block device as the image (a loop device over a temporary file): its size comes from
+/// the device, requests reach the file behind it. Root with losetup only; skipped otherwise.
+#[test]
+fn a_block_device_serves_as_the_image() {
+    use std::process::Command;
+    // SAFETY: geteuid takes nothing and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("a_block_device_serves_as_the_image: needs root (losetup); skipped");
+        return;
+    }
+    let file = super::disk_file(64);
+    let attach = Command::new("losetup")
+        .args(["-f", "--show"])
+        .arg(file.path())
+        .output();
+    let loop_dev = match attach {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        _ => {
+            eprintln!("a_block_device_serves_as_the_image: no loop device; skipped");
+            return;
+        }
+    };
+    let detach = || {
+        let _ = Command::new("losetup").args(["-d", &loop_dev]).status();
+    };
+    let blk = VirtioBlock::open(Path::new(&loop_dev), false, None);
+    let blk = match blk {
+        Ok(b) => b,
+        Err(e) => {
+            detach();
+            panic!("{loop_dev}: {e}");
+        }
+    };
+    assert_eq!(blk.capacity(), 64, "{loop_dev}'s size in sectors");
+    let mut d = Driver::with_device("blk-loop", Box::new(blk), file, None);
+    d.start();
+    let pattern = vec![0xa5u8; 512];
+    d.mem.write_slice(&pattern, GuestAddress(DATA)).unwrap();
+    let wrote = d.request(OUT, 5, &[(DATA, 512, 0)]);
+    let flushed = d.request(FLUSH, 0, &[]);
+    let back = DATA + 0x4000;
+    let read = d.request(IN, 5, &[(back, 512, F_WRITE)]);
+    let mut got = vec![0u8; 512];
+    d.mem.read_slice(&mut got, GuestAddress(back)).unwrap();
+    let beyond = d.request(IN, 64, &[(back, 512, F_WRITE)]).0;
+    // The loop device writes through the file's page cache: the file shows it now.
+    let file_bytes = d.file_bytes();
+    drop(d);
+    detach();
+    assert_eq!((wrote.0, flushed.0, read.0), (S_OK, S_OK, S_OK));
+    assert_eq!(got, pattern);
+    assert_eq!(beyond, S_IOERR, "past the device's end");
+    assert_eq!(
+        &file_bytes[5 * 512..6 * 512],
+        &pattern[..],
+        "the write reached the file"
+    );
+}
