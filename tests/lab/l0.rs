@@ -31,7 +31,8 @@ pub struct L0 {
     /// bzImage, which decompresses itself under TCG.
     pub boot_elf: bool,
     pub timeout: Duration,
-    /// Killed as hung when the console is silent this long (default 90 s).
+    /// Killed as hung when the console is silent this long (default 90 s), or at once when
+    /// L1's kernel reports a soft lockup.
     pub stall: Duration,
 }
 
@@ -148,7 +149,18 @@ impl L0 {
                     on_line(&line);
                     console.push_str(&line);
                     console.push('\n');
+                    // L1's watchdog: a CPU made no progress for 20 s and more. The console
+                    // then stays busy with its reports, so silence never comes: a hang.
+                    let locked_up = line.contains("watchdog: BUG: soft lockup");
                     lines.push((start.elapsed(), line));
+                    if locked_up {
+                        stalled = true;
+                        hang_registers = self.qmp.as_deref().map(|sock| {
+                            hang_state(sock, self.smp).unwrap_or_else(|e| e.to_string())
+                        });
+                        let _ = child.kill();
+                        break;
+                    }
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
