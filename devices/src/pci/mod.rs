@@ -22,6 +22,7 @@ pub mod address;
 pub mod allocator;
 pub mod config;
 pub mod host_bridge;
+pub mod msix_entry;
 pub mod root;
 
 /// What a BAR decodes.

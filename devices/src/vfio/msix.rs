@@ -15,43 +15,13 @@ use super::backend::IrqIndex;
 use super::bars::TrapRange;
 use super::vectors::{new_vectors, IrqCtx, IrqVector};
 use crate::pci::config::merge_dword;
+use crate::pci::msix_entry::{MsixEntry, ENTRY_SIZE};
 
 const CTRL_ENABLE: u16 = 1 << 15;
 const CTRL_FUNCTION_MASK: u16 = 1 << 14;
 const CTRL_TABLE_SIZE: u16 = 0x7ff;
-const ENTRY_SIZE: u64 = 16;
-const ENTRY_MASKED: u32 = 1;
 /// The capability is 3 dwords: header + control, table offset/BIR, PBA offset/BIR.
 pub const CAP_LEN: u16 = 12;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Entry {
-    msg: MsiMessage,
-    masked: bool,
-}
-
-impl Entry {
-    fn bytes(&self) -> [u8; 16] {
-        let mut b = [0u8; 16];
-        b[0..4].copy_from_slice(&self.msg.addr_lo.to_le_bytes());
-        b[4..8].copy_from_slice(&self.msg.addr_hi.to_le_bytes());
-        b[8..12].copy_from_slice(&self.msg.data.to_le_bytes());
-        b[12..16].copy_from_slice(&u32::from(self.masked).to_le_bytes());
-        b
-    }
-
-    fn from_bytes(b: &[u8; 16]) -> Self {
-        let word = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        Self {
-            msg: MsiMessage {
-                addr_lo: word(0),
-                addr_hi: word(4),
-                data: word(8),
-            },
-            masked: word(12) & ENTRY_MASKED != 0,
-        }
-    }
-}
 
 pub struct Msix {
     /// Config offset of the capability.
@@ -62,7 +32,7 @@ pub struct Msix {
     pba_reg: u32,
     /// Vectors VFIO can enable (normally the table size).
     vfio_count: u32,
-    entries: Vec<Entry>,
+    entries: Vec<MsixEntry>,
     enabled: bool,
     function_masked: bool,
     /// The vectors enabled in VFIO (one per table entry VFIO can serve).
@@ -76,7 +46,7 @@ impl Msix {
     pub fn probe(cap: u16, read: impl Fn(u16) -> u32, vfio_count: u32) -> Self {
         let first = read(cap);
         let size = usize::from((first >> 16) as u16 & CTRL_TABLE_SIZE) + 1;
-        let entry = Entry {
+        let entry = MsixEntry {
             msg: MsiMessage::default(),
             masked: true,
         };
@@ -338,7 +308,7 @@ impl Msix {
         }
         let mut bytes = self.entries[index].bytes();
         bytes[byte..byte + data.len()].copy_from_slice(data);
-        let entry = Entry::from_bytes(&bytes);
+        let entry = MsixEntry::from_bytes(&bytes);
         if entry != self.entries[index] {
             self.entries[index] = entry;
             let have = self.active.as_ref().map_or(0, Vec::len);

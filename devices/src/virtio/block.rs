@@ -18,6 +18,7 @@ use virtio_bindings::virtio_blk::{
 };
 use vm_memory::GuestMemoryMmap;
 
+use super::worker_thread::WorkerThread;
 use super::VIRTIO_F_VERSION_1;
 use super::{ActiveQueue, VirtioDevice, VirtioError, VirtioInterrupt, TYPE_BLOCK};
 use crate::services::WorkerSpawner;
@@ -67,7 +68,7 @@ pub struct VirtioBlock {
     disk: Arc<Disk>,
     config: [u8; 24],
     spawner: Option<Arc<dyn WorkerSpawner>>,
-    worker: Option<worker::Worker>,
+    worker: Option<WorkerThread>,
 }
 
 fn errno(e: &std::io::Error) -> i32 {
@@ -239,7 +240,7 @@ impl VirtioDevice for VirtioBlock {
             return Err(VirtioError::MissingQueues { needed: 1, got });
         };
         let spawner = self.spawner.clone().ok_or(VirtioError::NoSpawner)?;
-        let w = worker::Worker::start(&*spawner, self.disk.clone(), mem, queue, interrupt)?;
+        let w = worker::start(&*spawner, self.disk.clone(), mem, queue, interrupt)?;
         self.worker = Some(w);
         Ok(())
     }

@@ -14,47 +14,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{VirtioInterrupt, NO_VECTOR};
-use crate::services::{InterruptRouter, MsiMessage};
+use crate::pci::msix_entry::{MsixEntry, ENTRY_SIZE};
+use crate::services::InterruptRouter;
 use crate::vfio::{IrqVector, VectorName};
 
 pub const PBA_OFFSET: u64 = 0x800;
-const ENTRY_SIZE: u64 = 16;
 
 /// ISR status bits.
 pub const ISR_QUEUE: u8 = 1;
 pub const ISR_CONFIG: u8 = 2;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Entry {
-    msg: MsiMessage,
-    masked: bool,
-}
-
-impl Entry {
-    fn bytes(&self) -> [u8; 16] {
-        let mut b = [0u8; 16];
-        b[0..4].copy_from_slice(&self.msg.addr_lo.to_le_bytes());
-        b[4..8].copy_from_slice(&self.msg.addr_hi.to_le_bytes());
-        b[8..12].copy_from_slice(&self.msg.data.to_le_bytes());
-        b[12..16].copy_from_slice(&u32::from(self.masked).to_le_bytes());
-        b
-    }
-
-    fn from_bytes(b: [u8; 16]) -> Self {
-        let word = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        Self {
-            msg: MsiMessage {
-                addr_lo: word(0),
-                addr_hi: word(4),
-                data: word(8),
-            },
-            masked: word(12) & 1 != 0,
-        }
-    }
-}
-
 struct State {
-    entries: Vec<Entry>,
+    entries: Vec<MsixEntry>,
     vectors: Vec<IrqVector>,
     msix_enabled: bool,
     function_masked: bool,
@@ -104,9 +75,9 @@ impl Interrupts {
         let count = usize::from(vectors);
         let state = State {
             entries: vec![
-                Entry {
+                MsixEntry {
                     masked: true,
-                    ..Entry::default()
+                    ..MsixEntry::default()
                 };
                 count
             ],
@@ -300,7 +271,7 @@ impl Interrupts {
         };
         let mut bytes = s.entries[i].bytes();
         bytes[byte..byte + data.len()].copy_from_slice(data);
-        let entry = Entry::from_bytes(bytes);
+        let entry = MsixEntry::from_bytes(&bytes);
         if entry != s.entries[i] {
             s.entries[i] = entry;
             self.sync(&mut s, i);

@@ -40,6 +40,7 @@ mod pci;
 #[cfg(test)]
 mod tests;
 pub mod vsock;
+mod worker_thread;
 
 pub use block::{BlockError, VirtioBlock};
 pub use net::{stable_mac, NetError, NetStats, VirtioNet};

@@ -20,6 +20,7 @@ use virtio_bindings::virtio_net::{
 };
 use vm_memory::GuestMemoryMmap;
 
+use super::worker_thread::WorkerThread;
 use super::VIRTIO_F_VERSION_1;
 use super::{ActiveQueue, VirtioDevice, VirtioError, VirtioInterrupt, TYPE_NET};
 use crate::services::WorkerSpawner;
@@ -198,7 +199,7 @@ pub struct VirtioNet {
     acked: u64,
     counters: Arc<Counters>,
     spawner: Option<Arc<dyn WorkerSpawner>>,
-    worker: Option<worker::Worker>,
+    worker: Option<WorkerThread>,
 }
 
 impl VirtioNet {
@@ -344,7 +345,7 @@ impl VirtioDevice for VirtioNet {
             self.counters.clone(),
             mrg,
         );
-        self.worker = Some(worker::Worker::start(&*spawner, engine)?);
+        self.worker = Some(worker::start(&*spawner, engine)?);
         Ok(())
     }
 

@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use vm_memory::GuestMemoryMmap;
 
+use super::worker_thread::WorkerThread;
 use super::VIRTIO_F_VERSION_1;
 use super::{ActiveQueue, VirtioDevice, VirtioError, VirtioInterrupt, TYPE_VSOCK};
 use crate::services::WorkerSpawner;
@@ -66,7 +67,7 @@ pub struct VirtioVsock {
     /// (device, inode) of the socket file we bound, so Drop removes only ours.
     inode: (u64, u64),
     spawner: Option<Arc<dyn WorkerSpawner>>,
-    worker: Option<worker::Worker>,
+    worker: Option<WorkerThread>,
 }
 
 fn io_error(path: &Path, e: io::Error) -> VsockError {
@@ -202,7 +203,7 @@ impl VirtioDevice for VirtioVsock {
         };
         let spawner = self.spawner.clone().ok_or(VirtioError::NoSpawner)?;
         let muxer = muxer::Muxer::new(self.cid, self.path.clone(), self.listener.clone());
-        let w = worker::Worker::start(&*spawner, muxer, mem, [rx, tx], event, interrupt)?;
+        let w = worker::start(&*spawner, muxer, mem, [rx, tx], event, interrupt)?;
         self.worker = Some(w);
         Ok(())
     }

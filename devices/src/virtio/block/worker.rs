@@ -4,63 +4,44 @@
 
 use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::request::{self, BOUNCE_LEN};
 use super::Disk;
 use crate::services::{WorkerKind, WorkerSpawner};
+use crate::virtio::worker_thread::WorkerThread;
 use crate::virtio::{ActiveQueue, VirtioError, VirtioInterrupt};
 
 /// Chains served before looking at the stop eventfd again.
 pub const BUDGET: usize = 256;
 
-pub struct Worker {
-    stop: EventFd,
-    handle: JoinHandle<()>,
-}
-
-impl Worker {
-    pub fn start(
-        spawner: &dyn WorkerSpawner,
-        disk: Arc<Disk>,
-        mem: GuestMemoryMmap,
-        queue: ActiveQueue,
-        interrupt: Arc<dyn VirtioInterrupt>,
-    ) -> Result<Self, VirtioError> {
-        let stop = EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?;
-        let stop2 = stop.try_clone().map_err(VirtioError::EventFd)?;
-        let mut run = Run {
-            disk,
-            mem,
-            queue,
-            interrupt,
-            stop: stop2,
-            buf: vec![0; BOUNCE_LEN],
-        };
-        let handle = spawner
-            .spawn(
-                "virtio-blk".into(),
-                WorkerKind::VirtioBlock,
-                Box::new(move || run.run()),
-            )
-            .map_err(VirtioError::Spawn)?;
-        Ok(Self { stop, handle })
-    }
-
-    /// Stop the thread and wait for it.
-    pub fn stop(self) {
-        if let Err(e) = self.stop.write(1) {
-            log::error!("virtio-blk: cannot stop the worker: {e}");
-            return;
-        }
-        if self.handle.join().is_err() {
-            log::error!("virtio-blk: the worker panicked");
-        }
-    }
+/// Start the queue's worker; it runs until its [`WorkerThread`] is stopped.
+pub fn start(
+    spawner: &dyn WorkerSpawner,
+    disk: Arc<Disk>,
+    mem: GuestMemoryMmap,
+    queue: ActiveQueue,
+    interrupt: Arc<dyn VirtioInterrupt>,
+) -> Result<WorkerThread, VirtioError> {
+    WorkerThread::start(
+        spawner,
+        "virtio-blk",
+        WorkerKind::VirtioBlock,
+        move |stop| {
+            Run {
+                disk,
+                mem,
+                queue,
+                interrupt,
+                stop,
+                buf: vec![0; BOUNCE_LEN],
+            }
+            .run()
+        },
+    )
 }
 
 struct Run {

@@ -8,47 +8,19 @@
 //! Each round is bounded ([`super::BUDGET`] frames each way), so a stop is seen promptly.
 
 use std::os::unix::io::AsRawFd;
-use std::thread::JoinHandle;
 
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::engine::{Engine, RxOutcome, TxOutcome};
 use crate::services::{WorkerKind, WorkerSpawner};
+use crate::virtio::worker_thread::WorkerThread;
 use crate::virtio::VirtioError;
 
-pub struct Worker {
-    stop: EventFd,
-    handle: JoinHandle<()>,
-}
-
-impl Worker {
-    pub fn start(spawner: &dyn WorkerSpawner, engine: Engine) -> Result<Self, VirtioError> {
-        let stop = EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?;
-        let stop2 = stop.try_clone().map_err(VirtioError::EventFd)?;
-        let mut run = Run {
-            engine,
-            stop: stop2,
-        };
-        let handle = spawner
-            .spawn(
-                "virtio-net".into(),
-                WorkerKind::VirtioNet,
-                Box::new(move || run.run()),
-            )
-            .map_err(VirtioError::Spawn)?;
-        Ok(Self { stop, handle })
-    }
-
-    /// Stop the thread and wait for it.
-    pub fn stop(self) {
-        if let Err(e) = self.stop.write(1) {
-            log::error!("virtio-net: cannot stop the worker: {e}");
-            return;
-        }
-        if self.handle.join().is_err() {
-            log::error!("virtio-net: the worker panicked");
-        }
-    }
+/// Start the device's worker; it runs until its [`WorkerThread`] is stopped.
+pub fn start(spawner: &dyn WorkerSpawner, engine: Engine) -> Result<WorkerThread, VirtioError> {
+    WorkerThread::start(spawner, "virtio-net", WorkerKind::VirtioNet, move |stop| {
+        Run { engine, stop }.run()
+    })
 }
 
 struct Run {

@@ -12,69 +12,51 @@
 
 use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::muxer::Muxer;
 use super::packet::{self, TxError, HDR_LEN, MAX_PAYLOAD};
 use crate::services::{WorkerKind, WorkerSpawner};
+use crate::virtio::worker_thread::WorkerThread;
 use crate::virtio::{ActiveQueue, VirtioError, VirtioInterrupt};
 
 /// Chains served per queue before looking at the stop eventfd again.
 pub const BUDGET: usize = 256;
 
-pub struct Worker {
-    stop: EventFd,
-    handle: JoinHandle<()>,
-}
-
-impl Worker {
-    pub fn start(
-        spawner: &dyn WorkerSpawner,
-        muxer: Muxer,
-        mem: GuestMemoryMmap,
-        queues: [ActiveQueue; 2],
-        event: Option<ActiveQueue>,
-        interrupt: Arc<dyn VirtioInterrupt>,
-    ) -> Result<Self, VirtioError> {
-        let stop = EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?;
-        let stop2 = stop.try_clone().map_err(VirtioError::EventFd)?;
-        let [rx, tx] = queues;
-        let mut run = Run {
-            muxer,
-            mem,
-            rx,
-            tx,
-            event,
-            interrupt,
-            stop: stop2,
-            txbuf: Vec::with_capacity(HDR_LEN + MAX_PAYLOAD),
-            rxbuf: vec![0; MAX_PAYLOAD],
-        };
-        let handle = spawner
-            .spawn(
-                "virtio-vsock".into(),
-                WorkerKind::VirtioVsock,
-                Box::new(move || run.run()),
-            )
-            .map_err(VirtioError::Spawn)?;
-        Ok(Self { stop, handle })
-    }
-
-    /// Stop the thread and wait for it; its host streams are closed by then.
-    pub fn stop(self) {
-        if let Err(e) = self.stop.write(1) {
-            log::error!("virtio-vsock: cannot stop the worker: {e}");
-            return;
-        }
-        if self.handle.join().is_err() {
-            log::error!("virtio-vsock: the worker panicked");
-        }
-    }
+/// Start the device's worker; it runs until its [`WorkerThread`] is stopped, and closes
+/// every host stream (dropping the muxer) before it ends.
+pub fn start(
+    spawner: &dyn WorkerSpawner,
+    muxer: Muxer,
+    mem: GuestMemoryMmap,
+    queues: [ActiveQueue; 2],
+    event: Option<ActiveQueue>,
+    interrupt: Arc<dyn VirtioInterrupt>,
+) -> Result<WorkerThread, VirtioError> {
+    let [rx, tx] = queues;
+    WorkerThread::start(
+        spawner,
+        "virtio-vsock",
+        WorkerKind::VirtioVsock,
+        move |stop| {
+            Run {
+                muxer,
+                mem,
+                rx,
+                tx,
+                event,
+                interrupt,
+                stop,
+                txbuf: Vec::with_capacity(HDR_LEN + MAX_PAYLOAD),
+                rxbuf: vec![0; MAX_PAYLOAD],
+            }
+            .run()
+        },
+    )
 }
 
 struct Run {
