@@ -5,6 +5,7 @@ use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 
 const HYPERVISOR_BIT: u32 = 1 << 31; // leaf 1, ECX
 const HTT_BIT: u32 = 1 << 28; // leaf 1, EDX: more than one logical processor per package
+const TSC_DEADLINE_BIT: u32 = 1 << 24; // leaf 1, ECX
 const X2APIC_LEVEL_SMT: u32 = 1;
 const X2APIC_LEVEL_CORE: u32 = 2;
 
@@ -14,6 +15,18 @@ fn id_bits(count: u32) -> u32 {
         0
     } else {
         32 - (count - 1).leading_zeros()
+    }
+}
+
+/// Add what KVM emulates but reports by capability rather than in KVM_GET_SUPPORTED_CPUID.
+/// The TSC-deadline LAPIC timer (KVM_CAP_TSC_DEADLINE_TIMER): without it Linux runs the
+/// LAPIC timer in one-shot mode, calibrated against the PIT at boot, and every timer arm
+/// is an APIC register write; with it the timer is one MSR write and needs no calibration.
+pub fn add_kvm_emulated(cpuid: &mut CpuId, tsc_deadline: bool) {
+    for entry in cpuid.as_mut_slice() {
+        if entry.function == 0x1 && tsc_deadline {
+            entry.ecx |= TSC_DEADLINE_BIT;
+        }
     }
 }
 
@@ -116,6 +129,19 @@ mod tests {
             leaf(0x8000_001e, 0),
         ])
         .unwrap()
+    }
+
+    #[test]
+    fn tsc_deadline_is_added_only_when_kvm_emulates_it() {
+        let mut cpuid = sample();
+        add_kvm_emulated(&mut cpuid, false);
+        assert_eq!(find(&cpuid, 1, 0).ecx & TSC_DEADLINE_BIT, 0);
+        add_kvm_emulated(&mut cpuid, true);
+        assert_ne!(find(&cpuid, 1, 0).ecx & TSC_DEADLINE_BIT, 0);
+        // The per-vCPU pass keeps it.
+        configure(&mut cpuid, 0, 1);
+        assert_ne!(find(&cpuid, 1, 0).ecx & TSC_DEADLINE_BIT, 0);
+        assert_eq!(find(&cpuid, 4, 0), leaf(0x4, 0));
     }
 
     #[test]

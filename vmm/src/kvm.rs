@@ -53,8 +53,12 @@ pub fn create_vm(kvm: &Kvm) -> Result<VmFd> {
     Ok(vm)
 }
 
-/// The CPUID entries KVM can give a guest (each vCPU's are derived from these).
+/// The CPUID entries KVM can give a guest (each vCPU's are derived from these), with what
+/// KVM emulates but reports only as a capability.
 pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId> {
-    kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))
+    let mut cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+    arch::cpuid::add_kvm_emulated(&mut cpuid, kvm.check_extension(Cap::TscDeadlineTimer));
+    Ok(cpuid)
 }

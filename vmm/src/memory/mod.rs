@@ -16,6 +16,8 @@ use vm_memory::{
     GuestRegionMmap,
 };
 
+mod placement;
+
 use crate::error::{Error, Result};
 use arch::units::format_size;
 
@@ -70,32 +72,35 @@ fn create_hugetlb_memory(size: u64, page: HugePageSize) -> Result<GuestMemoryMma
     })
 }
 
-/// Map `size` bytes of guest RAM (not yet touched: pages are allocated on first use),
-/// asking for transparent huge pages: fewer nested-paging misses for the guest, and 512x
-/// fewer pages to pin when the RAM is DMA-mapped for passthrough.
+/// Map `size` bytes of guest RAM (not yet touched: pages are allocated on first use) at
+/// huge-page boundaries (see [`placement`]), asking for transparent huge pages: fewer
+/// nested-paging misses for the guest, and 512x fewer pages to pin when the RAM is
+/// DMA-mapped for passthrough.
 fn create_anonymous_memory(size: u64) -> Result<GuestMemoryMmap> {
-    let ranges: Vec<(GuestAddress, usize)> = ram_regions(size)
-        .into_iter()
-        .map(|(start, len)| (GuestAddress(start), len as usize))
-        .collect();
-    let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::GuestMemory {
+    let failed = |e: std::io::Error| Error::GuestMemory {
         size: format_size(size),
         source: Box::new(e),
-    })?;
-    for region in mem.iter() {
-        if let Ok(host) = mem.get_host_address(region.start_addr()) {
-            // SAFETY: advice on a mapping we own; it changes no contents.
-            let rc =
-                unsafe { libc::madvise(host.cast(), region.len() as usize, libc::MADV_HUGEPAGE) };
-            if rc != 0 {
-                log::debug!(
-                    "no transparent huge pages for guest RAM: {}",
-                    std::io::Error::last_os_error()
-                );
-            }
+    };
+    let mut regions = Vec::new();
+    for (start, len) in ram_regions(size) {
+        let mapping = placement::anonymous_aligned(len as usize).map_err(failed)?;
+        // SAFETY: advice on the mapping just made; it changes no contents.
+        let rc =
+            unsafe { libc::madvise(mapping.as_ptr().cast(), len as usize, libc::MADV_HUGEPAGE) };
+        if rc != 0 {
+            log::debug!(
+                "no transparent huge pages for guest RAM: {}",
+                std::io::Error::last_os_error()
+            );
         }
+        let region = GuestRegionMmap::new(mapping, GuestAddress(start))
+            .ok_or_else(|| failed(std::io::Error::other("region overflows")))?;
+        regions.push(region);
     }
-    Ok(mem)
+    GuestMemoryMmap::from_regions(regions).map_err(|e| Error::GuestMemory {
+        size: format_size(size),
+        source: Box::new(e),
+    })
 }
 
 /// Give KVM every RAM region as a memory slot (slots 0..n). Returns the next free slot.
