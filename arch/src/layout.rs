@@ -42,7 +42,8 @@ pub const MAX_GUEST_PHYS_BITS: u8 = 48;
 /// passed-through BAR keeps its host address where it is free: see the BAR allocator).
 pub const PCI_MMIO32_START: u64 = MMIO_HOLE_START;
 pub const PCI_MMIO32_SIZE: u64 = PCI_ECAM_START - PCI_MMIO32_START;
-/// PCIe ECAM: 1 MiB per bus, buses 0..=15 (the guest has one root bus; room for bridges),
+/// PCIe ECAM: 1 MiB per bus, room for buses 0..=15 (the guest has one root bus, and the
+/// tables claim only it: `acpi::PciHostConfig::new`),
 /// at the top of the hole below the IOAPIC.
 pub const PCI_ECAM_START: u64 = 0xfd00_0000;
 pub const PCI_ECAM_SIZE: u64 = 0x100_0000;
