@@ -198,7 +198,10 @@ fn initcall_table(t: &mut String, run: &zhitong_tests::LabRun, vmms: &[(Vmm, &st
     let per: Vec<(&str, Vec<(String, f64)>)> = vmms
         .iter()
         .filter_map(|(_, tag, who)| {
-            let c = run.cases.iter().find(|c| c.name == format!("anatomy-calls-{tag}"))?;
+            let c = run
+                .cases
+                .iter()
+                .find(|c| c.name == format!("anatomy-calls-{tag}"))?;
             Some((*who, slow_initcalls(c)))
         })
         .collect();

@@ -5,7 +5,8 @@
 //! - the boot timeline per case (no device, the virtio GPU, the NVMe; 512M, one vCPU);
 //! - start time (case start to the guest's first marker, as L0 sees both VMMs' guests) with
 //!   the NVMe for 512M/2G/4G/8G of RAM in 4K pages, transparent huge pages, and zhitong's
-//!   2M and 1G hugetlb pages, with the growth per GiB;
+//!   2M and 1G hugetlb pages, with the growth per GiB; for THP and 2M pages also zhitong
+//!   with `dma-map=before-boot` (the A/B of mapping RAM beside the boot);
 //! - zhitong's DMA-map time per GiB (devices ready to RAM mapped);
 //! - each VMM's RSS beyond guest RAM (mappings under 256 MiB: the guest's regions excluded);
 //! - zhitong's I/O exits in the GPU case (its debug exit statistics).
@@ -32,7 +33,7 @@ struct Pages {
     memory: fn(Vmm, &str) -> Option<String>,
 }
 
-fn pages() -> [Pages; 4] {
+fn pages() -> [Pages; 6] {
     [
         Pages {
             label: "4K",
@@ -46,6 +47,16 @@ fn pages() -> [Pages; 4] {
             setup: "echo always > /sys/kernel/mm/transparent_hugepage/enabled",
             memory: |_, size| Some(size.to_string()),
         },
+        // The A/B of the overlap: zhitong mapping RAM before the boot, as the others do.
+        Pages {
+            label: "THP, DMA map before the boot",
+            prefix: "thpb",
+            setup: "echo always > /sys/kernel/mm/transparent_hugepage/enabled",
+            memory: |vmm, size| match vmm {
+                Vmm::Zhitong => Some(format!("{size},dma-map=before-boot")),
+                _ => None,
+            },
+        },
         Pages {
             label: "2M hugetlb",
             prefix: "2m",
@@ -54,6 +65,15 @@ fn pages() -> [Pages; 4] {
                 Vmm::Zhitong => Some(format!("{size},hugepages=2M")),
                 Vmm::CloudHypervisor => Some(format!("{size},hugepages=on,hugepage_size=2M")),
                 Vmm::Qemu => None,
+            },
+        },
+        Pages {
+            label: "2M hugetlb, DMA map before the boot",
+            prefix: "2mb",
+            setup: "echo never > /sys/kernel/mm/transparent_hugepage/enabled; echo 4200 > /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages",
+            memory: |vmm, size| match vmm {
+                Vmm::Zhitong => Some(format!("{size},hugepages=2M,dma-map=before-boot")),
+                _ => None,
             },
         },
         Pages {

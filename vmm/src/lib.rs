@@ -55,7 +55,7 @@ pub mod timeline;
 mod vcpu;
 mod vm;
 
-pub use config::{KernelConfig, MachineConfig, VmConfig};
+pub use config::{DmaMapStart, KernelConfig, MachineConfig, VmConfig};
 pub use console::{Console, Timestamped};
 pub use devices::pci::Bdf;
 pub use error::{Error, Result};

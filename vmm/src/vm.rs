@@ -9,7 +9,7 @@ use std::time::Instant;
 use arch::acpi::PciHostConfig;
 use arch::pci_windows::{guest_phys_bits, PciWindows};
 
-use crate::config::{host_ram_bytes, ConfigError, VmConfig};
+use crate::config::{host_ram_bytes, ConfigError, DmaMapStart, VmConfig};
 use crate::console::Console;
 use crate::control::{run_until_exit, ControlInputs};
 use crate::device_manager::{DeviceManager, OpenedVirtio, SlotRange, VmParts};
@@ -234,6 +234,9 @@ fn run_vm(
     devices.attach_virtio(&parts, virtio, passthrough)?;
     if devices.has_passthrough() || devices.has_virtio() {
         timeline.mark(Milestone::DevicesReady);
+    }
+    if machine.dma_map == DmaMapStart::BeforeBoot {
+        devices.wait_for_dma_mapping()?;
     }
     if crate::faults::fail_after_devices() {
         let injected = std::io::Error::other("injected fault: fail-after-devices");

@@ -75,6 +75,13 @@ pub fn more_msi(lab: Lab, flavour: Flavour) -> Lab {
                 .env("ZHITONG_TEST_FAULT", "dma-map-delay:20000")
                 .env("ZHITONG_LOG", "info"),
         )
+        // The same late mapping with dma-map=before-boot: the vCPUs start after it.
+        .case(
+            passthrough(Vmm::Zhitong, "nvme-dma-before", &[NVME.bdf], nvme_guest())
+                .memory("512M,dma-map=before-boot")
+                .env("ZHITONG_TEST_FAULT", "dma-map-delay:3000")
+                .env("ZHITONG_LOG", "info"),
+        )
         .device(&format!(
             "pcie-root-port,id=zt-rp,chassis=9,addr=0x{TESTDEV_PORT:x}"
         ))
@@ -212,7 +219,8 @@ pub fn vga_expansion_rom_reads_and_bochs_drm_draws(msi: &VfioRun) {
 
 /// Guest RAM is DMA-mapped beside the boot: the NVMe driver's bus-master enable waits for
 /// the (late) mapping, then DMA works both ways; a failed mapping ends the VM with its
-/// error (exit 1) and the device is released for the next VM.
+/// error (exit 1) and the device is released for the next VM. With dma-map=before-boot
+/// the vCPUs start only once RAM is mapped, and nothing waits.
 pub fn dma_mapping_beside_the_boot_gates_bus_mastering(msi: &VfioRun) {
     let failed = msi.case("nvme-dma-fails");
     failed.check(failed.rc == Some(1), "want exit status 1");
@@ -242,6 +250,20 @@ pub fn dma_mapping_beside_the_boot_gates_bus_mastering(msi: &VfioRun) {
         &format!("first_vcpu_entry_ms {entry:?}, dma_mapped_ms {mapped:?}: want the guest running before RAM is mapped"),
     );
     eprintln!("nvme-dma-late: {waited:?}; vCPU entry {entry:?} ms, RAM mapped {mapped:?} ms");
+
+    assert_nvme(msi, "nvme-dma-before");
+    let c = msi.case("nvme-dma-before");
+    let waited = c.stderr.iter().any(|l| l.contains("bus mastering waited"));
+    c.check(
+        !waited,
+        "dma-map=before-boot: no bus-master enable should wait",
+    );
+    let (entry, mapped) = (c.timing("first_vcpu_entry_ms"), c.timing("dma_mapped_ms"));
+    c.check(
+        entry.is_some() && mapped.is_some() && mapped < entry && mapped > Some(3000.0),
+        &format!("first_vcpu_entry_ms {entry:?}, dma_mapped_ms {mapped:?}: want RAM mapped (3 s late) before the first vCPU entry"),
+    );
+    eprintln!("nvme-dma-before: RAM mapped {mapped:?} ms, vCPU entry {entry:?} ms");
 }
 
 /// A multi-function device whose functions have no reset: zhitong resets their bus once

@@ -68,6 +68,40 @@ pub struct MachineConfig {
     /// `None`: 4K pages (with transparent huge pages where the host gives them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hugepages: Option<HugePageSize>,
+    /// When guest RAM is DMA-mapped for passed-through devices (no effect without them).
+    #[serde(default, skip_serializing_if = "DmaMapStart::is_default")]
+    pub dma_map: DmaMapStart,
+}
+
+/// When guest RAM is DMA-mapped for passed-through devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DmaMapStart {
+    /// While the vCPUs boot: start time does not grow with RAM; a device's bus-master
+    /// enable waits for the mapping to end (that vCPU stops meanwhile).
+    #[default]
+    BesideBoot,
+    /// Before the first vCPU runs, as other VMMs do: start time grows with RAM, no vCPU
+    /// ever waits for the mapping.
+    BeforeBoot,
+}
+
+impl DmaMapStart {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+impl std::str::FromStr for DmaMapStart {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "beside-boot" => Ok(Self::BesideBoot),
+            "before-boot" => Ok(Self::BeforeBoot),
+            other => Err(format!("'{other}' (beside-boot or before-boot)")),
+        }
+    }
 }
 
 fn vcpus_field<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
@@ -81,6 +115,7 @@ impl Default for MachineConfig {
             vcpus: 1,
             memory_bytes: 512 << 20,
             hugepages: None,
+            dma_map: DmaMapStart::BesideBoot,
         }
     }
 }
@@ -428,11 +463,43 @@ mod tests {
     }
 
     #[test]
+    fn dma_map_start_is_beside_the_boot_unless_asked() {
+        let cfg = file::parse("[kernel]\npath = \"/k\"\n", true).unwrap();
+        assert_eq!(cfg.machine.dma_map, DmaMapStart::BesideBoot);
+        let json = serde_json::to_string(&cfg).unwrap();
+        assert!(
+            !json.contains("dma_map"),
+            "the default is not written: {json}"
+        );
+        let cfg = file::parse(
+            "[kernel]\npath = \"/k\"\n[machine]\ndma_map = \"before-boot\"\n",
+            true,
+        )
+        .unwrap();
+        assert_eq!(cfg.machine.dma_map, DmaMapStart::BeforeBoot);
+        let json = serde_json::to_string(&cfg).unwrap();
+        assert!(json.contains(r#""dma_map":"before-boot""#), "{json}");
+        let err = file::parse(
+            "[kernel]\npath = \"/k\"\n[machine]\ndma_map = \"soon\"\n",
+            true,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("soon"), "{err}");
+        assert_eq!("before-boot".parse(), Ok(DmaMapStart::BeforeBoot));
+        assert_eq!("beside-boot".parse(), Ok(DmaMapStart::BesideBoot));
+        assert!("early"
+            .parse::<DmaMapStart>()
+            .unwrap_err()
+            .contains("before-boot"));
+    }
+
+    #[test]
     fn huge_pages_need_a_multiple_of_their_size() {
         let m = |bytes, page| MachineConfig {
             vcpus: 1,
             memory_bytes: bytes,
             hugepages: Some(page),
+            ..Default::default()
         };
         assert!(m(2 << 30, HugePageSize::Size1G).validate(None).is_ok());
         assert!(m(514 << 20, HugePageSize::Size2M).validate(None).is_ok());
@@ -466,6 +533,7 @@ mod tests {
             vcpus: 1,
             memory_bytes: bytes,
             hugepages: None,
+            ..Default::default()
         };
         assert!(m(512 << 20).validate(Some(1 << 30)).is_ok());
         assert!(matches!(
@@ -489,6 +557,7 @@ mod tests {
             vcpus: 1,
             memory_bytes: bytes,
             hugepages: None,
+            ..Default::default()
         };
         assert!(m(MAX_MEMORY).validate(None).is_ok());
         for bytes in [MAX_MEMORY + 4096, u64::MAX, 16_777_215 << 40] {

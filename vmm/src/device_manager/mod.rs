@@ -126,6 +126,15 @@ impl DeviceManager {
         Ok(())
     }
 
+    /// Wait until guest RAM's DMA mapping is over (nothing to wait for without passed-through
+    /// devices): for a VM whose vCPUs start only then. Its error, if it failed.
+    pub fn wait_for_dma_mapping(&self) -> Result<()> {
+        match &self.passthrough {
+            Some(p) => p.wait_for_dma_mapping(),
+            None => Ok(()),
+        }
+    }
+
     /// Why guest RAM's DMA mapping failed (the VM was stopped for it), once it has.
     pub fn take_dma_error(&self) -> Option<crate::error::Error> {
         self.passthrough.as_ref()?.take_dma_error()

@@ -164,6 +164,15 @@ impl PassedThrough {
     pub fn take_dma_error(&self) -> Option<Error> {
         self.ram.as_ref()?.take_error()
     }
+
+    /// Wait for guest RAM's DMA mapping to be over; its error if it failed. A mapping given
+    /// up because the VM is stopping is no error here: the exit channel has the reason.
+    pub fn wait_for_dma_mapping(&self) -> Result<()> {
+        match &self.ram {
+            Some(ram) if !ram.gate().wait() => ram.take_error().map_or(Ok(()), Err),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Drop for PassedThrough {

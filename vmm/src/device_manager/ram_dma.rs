@@ -112,7 +112,7 @@ fn run(job: RamDmaJob, gate: &DmaGate, give_up: &AtomicBool, error: &Mutex<Optio
         Ok(Ok(true)) => {
             job.timeline.mark(Milestone::DmaMapped);
             log::info!(
-                "guest RAM DMA-mapped ({} backend) for {} device(s) in {:.1} ms, beside the boot",
+                "guest RAM DMA-mapped ({} backend) for {} device(s) in {:.1} ms",
                 job.backend,
                 job.devices,
                 start.elapsed().as_secs_f64() * 1000.0

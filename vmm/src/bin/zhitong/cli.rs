@@ -9,7 +9,8 @@ use devices::pci::Bdf;
 use vmm::config::parse_vcpus;
 use vmm::config::security::SeccompMode;
 use vmm::config::{
-    ConfigError, DeviceConfig, DiskConfig, HugePageSize, NetConfig, VfioBackend, VsockConfig,
+    ConfigError, DeviceConfig, DiskConfig, DmaMapStart, HugePageSize, NetConfig, VfioBackend,
+    VsockConfig,
 };
 use vmm::VmConfig;
 
@@ -179,8 +180,10 @@ pub struct RunArgs {
     pub cpus: Option<u8>,
     /// Guest RAM, e.g. 512M or 4G (a plain number means MiB) [default: 512M]; with
     /// hugepages=2M or hugepages=1G it is backed by huge pages of that size, reserved at
-    /// start (the host must have enough free: see 'zhitong check --memory').
-    #[arg(long, value_name = "SIZE[,hugepages=2M|1G]", value_parser = parse_memory_arg)]
+    /// start (the host must have enough free: see 'zhitong check --memory'). With devices
+    /// passed through, RAM is DMA-mapped while the guest boots (dma-map=beside-boot, the
+    /// default: a device's bus mastering waits for it) or before (dma-map=before-boot).
+    #[arg(long, value_name = "SIZE[,hugepages=2M|1G][,dma-map=beside-boot|before-boot]", value_parser = parse_memory_arg)]
     pub memory: Option<MemoryArg>,
     /// Pass a host PCI device through with VFIO: a BDF (0000:01:00.0) or its sysfs path,
     /// then options: p2p=on (its BARs DMA-mapped so other passed-through devices reach
@@ -265,29 +268,39 @@ fn parse_size_arg(s: &str) -> Result<u64, String> {
     parse_size(s).map_err(|e| e.to_string())
 }
 
-/// `--memory SIZE[,hugepages=2M|1G]`.
+/// `--memory SIZE[,hugepages=2M|1G][,dma-map=beside-boot|before-boot]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryArg {
     pub bytes: u64,
     pub hugepages: Option<HugePageSize>,
+    pub dma_map: Option<DmaMapStart>,
 }
 
 fn parse_memory_arg(s: &str) -> Result<MemoryArg, String> {
     let mut parts = s.split(',');
     let bytes = parse_size_arg(parts.next().unwrap_or_default())?;
-    let mut hugepages = None;
+    let (mut hugepages, mut dma_map) = (None, None);
     for option in parts {
         match option.split_once('=') {
             Some(("hugepages", size)) if hugepages.is_none() => hugepages = Some(size.parse()?),
-            Some(("hugepages", _)) => return Err("hugepages is given twice".into()),
+            Some(("dma-map", when)) if dma_map.is_none() => {
+                dma_map = Some(when.parse().map_err(|e| format!("dma-map={e}"))?)
+            }
+            Some((key @ ("hugepages" | "dma-map"), _)) => {
+                return Err(format!("{key} is given twice"))
+            }
             _ => {
                 return Err(format!(
-                    "unknown memory option '{option}' (hugepages=2M or hugepages=1G)"
+                    "unknown memory option '{option}' (hugepages=2M|1G, dma-map=beside-boot|before-boot)"
                 ))
             }
         }
     }
-    Ok(MemoryArg { bytes, hugepages })
+    Ok(MemoryArg {
+        bytes,
+        hugepages,
+        dma_map,
+    })
 }
 
 fn parse_vcpus_arg(s: &str) -> Result<u8, String> {
@@ -326,6 +339,9 @@ impl RunArgs {
             cfg.machine.memory_bytes = memory.bytes;
             if memory.hugepages.is_some() {
                 cfg.machine.hugepages = memory.hugepages;
+            }
+            if let Some(when) = memory.dma_map {
+                cfg.machine.dma_map = when;
             }
         }
         if !self.devices.is_empty() {

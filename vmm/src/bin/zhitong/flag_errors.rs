@@ -117,6 +117,7 @@ mod tests {
                 vcpus: 1,
                 memory_bytes: bytes,
                 hugepages: None,
+                ..Default::default()
             };
             config(m.validate(Some(4 << 30)).unwrap_err())
         };

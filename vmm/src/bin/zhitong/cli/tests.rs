@@ -178,7 +178,25 @@ fn memory_with_huge_pages() {
     );
     let m = config(&["--memory", "2G"]).machine;
     assert_eq!((m.memory_bytes, m.hugepages), (2 << 30, None));
+    assert_eq!(m.dma_map, vmm::DmaMapStart::BesideBoot);
+    let m = config(&["--memory", "2G,dma-map=before-boot,hugepages=2M"]).machine;
+    assert_eq!(
+        (m.memory_bytes, m.hugepages, m.dma_map),
+        (
+            2 << 30,
+            Some(HugePageSize::Size2M),
+            vmm::DmaMapStart::BeforeBoot
+        )
+    );
     for (arg, needle) in [
+        (
+            "4G,dma-map=early",
+            "dma-map='early' (beside-boot or before-boot)",
+        ),
+        (
+            "4G,dma-map=before-boot,dma-map=beside-boot",
+            "dma-map is given twice",
+        ),
         ("4G,hugepages=4M", "'4M' (2M or 1G)"),
         ("4G,huge=1G", "unknown memory option 'huge=1G'"),
         ("4G,hugepages=2M,hugepages=1G", "twice"),
