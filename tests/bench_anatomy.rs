@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::time::Duration;
 
-use zhitong_tests::{workspace_root, Case, CaseResult, Guest, Lab, Vmm};
+use zhitong_tests::{compared_vmms, workspace_root, Case, CaseResult, Guest, Lab, Vmm};
 
 /// The kernel command line every VMM gets (each adds its own, see "cmdline" in the report).
 const CMDLINE: &str = "console=ttyS0 quiet panic=-1 printk.time=1";
@@ -32,23 +32,11 @@ const DMESG: &str = "dmesg | sed 's/^/L2: dmesg /'";
 /// as "L1: kvm name:value".
 const KVM_STATS: &str = r#"mount -t debugfs none /sys/kernel/debug 2>/dev/null; last=; while kill -0 $pid 2>/dev/null; do d=$(ls -d /sys/kernel/debug/kvm/*-* 2>/dev/null | tail -1); if [ -n "$d" ]; then s=$(for f in exits io_exits mmio_exits halt_exits irq_exits signal_exits irq_window_exits insn_emulation hypercalls pf_taken pf_emulate pf_fixed tlb_flush irq_injections halt_wakeup; do [ -f $d/$f ] && echo "$f:$(cat $d/$f)"; done); case "$s" in *halt_wakeup:[0-9]*) last=$s;; esac; fi; m=$(awk '/^[0-9a-f]+-[0-9a-f]+ / {r=$1} /^Size:/ {big=($2 >= 262144)} /^AnonHugePages:/ {if (big) {h+=$2; print "ram_map=" r " thp_kb=" h}}' /proc/$pid/smaps 2>/dev/null | tail -1); [ -n "$m" ] && mem=$m; sleep 0.2; done; echo "$last" | sed 's/^/L1: kvm /'; echo "$mem" | tr ' ' '\n' | sed 's/^/L1: /'"#;
 
-fn vmms() -> Vec<(Vmm, &'static str, &'static str)> {
-    let mut v = vec![(Vmm::Zhitong, "z", "zhitong"), (Vmm::Qemu, "q", "QEMU")];
-    if zhitong_tests::cloud_hypervisor_binary().is_some() {
-        v.push((Vmm::CloudHypervisor, "c", "Cloud Hypervisor"));
-    }
-    v
-}
-
 /// With initcall_debug: the initcalls that took 10 ms or more, "L2: initcall <name> <us>".
 const SLOW_INITCALLS: &str = r#"dmesg | awk '/initcall .* returned .* after [0-9]+ usecs/ { for (i = 1; i <= NF; i++) { if ($i == "initcall") f = $(i + 1); if ($i == "after") u = $(i + 1) } if (u >= 10000) print "L2: initcall " f " " u }'"#;
 
 fn case(vmm: Vmm, name: &str) -> Case {
-    let c = match vmm {
-        Vmm::Zhitong => Case::new(name),
-        Vmm::Qemu => Case::qemu_l1(name),
-        Vmm::CloudHypervisor => Case::cloud_hypervisor_l1(name),
-    };
+    let c = Case::with_vmm(vmm, name);
     let guest = Guest::new()
         .line("echo \"L2: cmdline=$(cat /proc/cmdline)\"")
         .line(DMESG)
@@ -70,11 +58,11 @@ fn initcalls_case(vmm: Vmm, name: &str) -> Case {
 /// then once with initcall_debug.
 pub fn cases(mut lab: Lab) -> Lab {
     for round in ["warm", "a"] {
-        for (vmm, tag, _) in vmms() {
+        for (vmm, tag, _) in compared_vmms() {
             lab = lab.case(case(vmm, &format!("anatomy-{round}-{tag}")));
         }
     }
-    for (vmm, tag, _) in vmms() {
+    for (vmm, tag, _) in compared_vmms() {
         lab = lab.case(initcalls_case(vmm, &format!("anatomy-calls-{tag}")));
     }
     lab
@@ -125,7 +113,7 @@ fn kvm_counters(c: &CaseResult) -> Vec<(String, String)> {
 /// The report: per VMM, first marker, kernel time, counters and gaps.
 pub fn report(run: &zhitong_tests::LabRun) -> String {
     let mut t = String::new();
-    let vmms = vmms();
+    let vmms = compared_vmms();
     let cases: Vec<(&str, &CaseResult)> = vmms
         .iter()
         .filter_map(|(_, tag, who)| {

@@ -139,6 +139,15 @@ impl Case {
         }
     }
 
+    /// The case run by `vmm` in L1.
+    pub fn with_vmm(vmm: Vmm, name: &str) -> Case {
+        match vmm {
+            Vmm::Zhitong => Case::new(name),
+            Vmm::Qemu => Case::qemu_l1(name),
+            Vmm::CloudHypervisor => Case::cloud_hypervisor_l1(name),
+        }
+    }
+
     /// Runs an arbitrary shell command line in L1 as the case.
     pub fn shell(name: &str, command: &str) -> Case {
         Case {

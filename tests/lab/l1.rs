@@ -126,6 +126,19 @@ pub fn cloud_hypervisor_binary() -> Option<std::path::PathBuf> {
     path.is_file().then_some(path)
 }
 
+/// The VMMs a benchmark compares, as (VMM, case-name tag, name in tables): zhitong, QEMU,
+/// and Cloud Hypervisor when a binary is at hand.
+pub fn compared_vmms() -> Vec<(crate::Vmm, &'static str, &'static str)> {
+    let mut v = vec![
+        (crate::Vmm::Zhitong, "z", "zhitong"),
+        (crate::Vmm::Qemu, "q", "QEMU"),
+    ];
+    if cloud_hypervisor_binary().is_some() {
+        v.push((crate::Vmm::CloudHypervisor, "c", "Cloud Hypervisor"));
+    }
+    v
+}
+
 fn add_qemu(img: &mut Initramfs) -> Result<()> {
     let qemu = which(crate::l0::QEMU)?;
     img.binary(case::QEMU, qemu)?;

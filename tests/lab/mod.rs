@@ -44,7 +44,7 @@ pub use guest::Guest;
 pub use initramfs::Initramfs;
 pub use kernel::Kernel;
 pub use l0::L0;
-pub use l1::cloud_hypervisor_binary;
+pub use l1::{cloud_hypervisor_binary, compared_vmms};
 pub use ppm::Ppm;
 pub use qmp::Qmp;
 

@@ -123,11 +123,7 @@ pub const PIXEL_B: [u8; 3] = [0x20, 0x40, 0xc0];
 /// zhitong gets `--device X` for each (the second and later as sysfs paths, so that
 /// both forms are used); QEMU gets `-device vfio-pci,host=X`.
 pub fn passthrough(vmm: Vmm, name: &str, bdfs: &[&str], guest: Guest) -> Case {
-    let case = match vmm {
-        Vmm::Zhitong => Case::new(name),
-        Vmm::Qemu => Case::qemu_l1(name),
-        Vmm::CloudHypervisor => Case::cloud_hypervisor_l1(name),
-    };
+    let case = Case::with_vmm(vmm, name);
     let mut args = Vec::new();
     for (i, bdf) in bdfs.iter().enumerate() {
         match vmm {
