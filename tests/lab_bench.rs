@@ -89,8 +89,10 @@ fn pages() -> [Pages; 6] {
     ]
 }
 
-/// The running VMM's RSS: mappings under 256 MiB (the VMM) and the rest (guest RAM).
-const RSS_PROBE: &str = r#"sleep 12; awk '/^Size:/ {big = ($2 >= 262144)} /^Rss:/ {if (big) g += $2; else o += $2} END {print "L1: rss_vmm_kb=" o; print "L1: rss_guest_kb=" g}' /proc/$pid/smaps"#;
+/// The running VMM's RSS: mappings under 256 MiB (the VMM) and the rest (guest RAM), and
+/// the VMM's five largest resident mappings ("L1: rss_top=<kB> <name>"; anonymous ones
+/// named by their address).
+const RSS_PROBE: &str = r#"sleep 12; awk '/^[0-9a-f]+-[0-9a-f]+ / {name = ($6 == "" ? $1 : $6)} /^Size:/ {big = ($2 >= 262144)} /^Rss:/ {if (big) g += $2; else {o += $2; r[name] += $2}} END {print "L1: rss_vmm_kb=" o; print "L1: rss_guest_kb=" g; for (n in r) print r[n], n}' /proc/$pid/smaps | sort -rn | awk '/^L1: / {print; next} n++ < 5 {print "L1: rss_top=" $1 " " $2}'"#;
 
 /// L1's RAM written once before the cases (a tmpfs file of 11 GiB, then freed): L0 backs
 /// L1's RAM lazily, so otherwise whichever VMM first touches a stretch of it pays L0's
@@ -242,6 +244,7 @@ fn table(run: &zhitong_tests::LabRun) -> String {
         t,
         "\n### RSS with the NVMe, 512M, the guest idle after boot, kB\n\n| VMM | beyond guest RAM | guest RAM resident |\n|---|---|---|"
     );
+    let mut tops = Vec::new();
     for (_, tag, who) in &vmms {
         if let Some(c) = case(&format!("{tag}-rss")) {
             let _ = writeln!(
@@ -250,7 +253,17 @@ fn table(run: &zhitong_tests::LabRun) -> String {
                 c.l1_marker("rss_vmm_kb").unwrap_or("-"),
                 c.l1_marker("rss_guest_kb").unwrap_or("-")
             );
+            let top: Vec<&str> = c
+                .l1_markers
+                .iter()
+                .filter_map(|m| m.strip_prefix("rss_top="))
+                .collect();
+            tops.push(format!("{who}: {}", top.join(", ")));
         }
+    }
+    let _ = writeln!(t, "\nLargest resident mappings beyond guest RAM, kB:\n");
+    for l in tops {
+        let _ = writeln!(t, "    {l}");
     }
     if let Some(c) = case("z-gpu") {
         let _ = writeln!(t, "\n### zhitong's I/O exits (GPU case)\n");
